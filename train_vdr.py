@@ -1,0 +1,138 @@
+"""Finetune a multimodal embedding model for visual document retrieval (text query -> page image).
+
+The steps follow the Sentence Transformers multimodal training write-up: model, dataset, loss, training
+arguments, evaluator, trainer, final per-dimension evaluation, save, optional push.
+
+Usage:
+    # Offline quickstart on a CPU (tiny random Qwen3-VL, generated pages), about a minute:
+    python train_vdr.py --config configs/quickstart.yaml
+
+    # The reference recipe (Qwen3-VL-Embedding-2B on VDR data; a GPU with bf16 and Hub access):
+    python train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr.yaml
+
+    # Any argument can be overridden on the command line:
+    python train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr.yaml --learning_rate 1e-5 --max_pixels 802816
+
+    # Multi-GPU (data parallel):
+    accelerate launch train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr.yaml --gather_across_devices true
+
+Run `python train_vdr.py --help` for every argument, SentenceTransformerTrainingArguments included.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
+
+from vdr.config import ConfigParser, DataArguments, EvaluationArguments, LossArguments, ModelArguments, write_run_config
+from vdr.data import load_training_data, negative_columns_of, retrieval_from_rows, training_columns
+from vdr.errors import run_cli
+from vdr.evaluation import build_ir_evaluator, evaluate_dims, format_dims_table
+from vdr.loss import build_loss
+from vdr.model import build_model, check_truncate_dim
+from vdr.training import (
+    check_output_dir,
+    push_to_hub,
+    resolve_resume_checkpoint,
+    save_final_model,
+    set_training_prompts,
+    write_metrics,
+)
+
+logger = logging.getLogger("train_vdr")
+
+
+def make_parser() -> ConfigParser:
+    return ConfigParser(
+        (ModelArguments, DataArguments, LossArguments, EvaluationArguments, SentenceTransformerTrainingArguments),
+        prog="train_vdr.py",
+        description=__doc__.split("\n")[0],
+    )
+
+
+def main(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    loss_args: LossArguments,
+    eval_args: EvaluationArguments,
+    training_args: SentenceTransformerTrainingArguments,
+    argv: list[str] | None = None,
+) -> dict:
+    # The final model is pushed once, after its local save (step 9), not by the trainer at every checkpoint:
+    # a Hub failure mid-run must not stop training.
+    push_requested, training_args.push_to_hub = training_args.push_to_hub, False
+    resume_checkpoint = resolve_resume_checkpoint(training_args)
+    check_output_dir(training_args.output_dir, resuming=resume_checkpoint is not None)
+    write_run_config(training_args.output_dir, [model_args, data_args, loss_args, eval_args, training_args], argv or [])
+
+    # 1. Model: a Sentence Transformers checkpoint as it is, or a VLM with last-token pooling + normalisation
+    model = build_model(model_args, SentenceTransformerModelCardData(model_name=training_args.run_name or None))
+    check_truncate_dim(model, model_args.truncate_dim)
+    logger.info("Model:\n%s", model)
+
+    # 2. Dataset: (query, page, hard negatives) rows; evaluation rows hold every negative column
+    train_dataset, eval_rows = load_training_data(data_args, seed=training_args.seed)
+    logger.info("Training rows: %s", train_dataset)
+
+    # 3. Loss: MatryoshkaLoss over CachedMultipleNegativesRankingLoss
+    loss = build_loss(model, loss_args)
+
+    # 4. Training arguments: parsed as they are; prompts (if any) come from the model's own
+    set_training_prompts(training_args, model, data_args)
+
+    # 5. Evaluator: NDCG@10 of the base model, during training, and at every Matryoshka dim at the end
+    evaluator = eval_data = eval_loss_dataset = None
+    base_scores: dict = {}
+    if eval_rows is not None:
+        eval_negatives = negative_columns_of(eval_rows, data_args.eval_negative_columns)
+        eval_data = retrieval_from_rows(
+            eval_rows, data_args.query_column, data_args.positive_column, eval_negatives, "Evaluation data"
+        )
+        eval_loss_dataset = training_columns(
+            eval_rows, data_args.query_column, data_args.positive_column, eval_negatives, "Evaluation data"
+        )
+        evaluator = build_ir_evaluator(eval_data, eval_args.eval_name, eval_args.evaluator_batch_size)
+        logger.info("Evaluation: %d queries, %d pages", len(eval_data.queries), len(eval_data.corpus))
+        if eval_args.evaluate_base_model:
+            base_scores = evaluate_dims(model, eval_data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size)
+            logger.info("Base model:\n%s", format_dims_table({"base": base_scores}))
+
+    # 6. Trainer
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_loss_dataset,
+        loss=loss,
+        evaluator=evaluator,
+    )
+    trainer.train(resume_from_checkpoint=resume_checkpoint)
+
+    # 7. Final evaluation at every Matryoshka dimension, from one encoding of the corpus
+    final_scores: dict = {}
+    if eval_data is not None:
+        final_scores = evaluate_dims(model, eval_data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size)
+        logger.info("Before and after training:\n%s", format_dims_table({"base": base_scores, "final": final_scores}))
+
+    # 8. Save the final model (with its default truncate_dim) and the metrics, before any upload
+    final_dir = save_final_model(model, training_args.output_dir, model_args.truncate_dim, loss_args.matryoshka_dims)
+    metrics = write_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
+    print(metrics["summary"])
+
+    # 9. (Optional) Push to the Hugging Face Hub; a failure keeps the local copy and says how to retry
+    if push_requested and trainer.is_world_process_zero():
+        push_to_hub(model, final_dir, training_args.hub_model_id or training_args.run_name)
+    return metrics
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    def _cli() -> None:
+        main(*make_parser().parse(sys.argv[1:]), argv=sys.argv)
+
+    run_cli(_cli)

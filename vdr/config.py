@@ -1,0 +1,269 @@
+"""Configuration: typed dataclasses, a YAML file via ``--config``, and command-line overrides.
+
+Precedence is dataclass default < YAML file < command line. The YAML values become argparse defaults, so
+they go through the same type conversion as command-line values (PyYAML reads ``2e-5`` as a string).
+Unknown keys, in the YAML file or on the command line, fail before anything is loaded, naming the key and
+the closest valid one. ``SentenceTransformerTrainingArguments`` is used as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from vdr.errors import VdrError
+
+DEFAULT_MATRYOSHKA_DIMS = [2048, 1536, 1024, 512, 256, 128, 64]
+
+
+@dataclass
+class ModelArguments:
+    """Which model to finetune and how to load it."""
+
+    model_name_or_path: str = field(
+        default="Qwen/Qwen3-VL-Embedding-2B",
+        metadata={
+            "help": "Hub id or local folder: a Sentence Transformers model (loaded as it is) or a bare "
+            "vision-language model (given last-token pooling and normalisation). "
+            "'generated:tiny-qwen3-vl' builds a tiny random Qwen3-VL offline."
+        },
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel: 'flash_attention_2', 'sdpa' or 'eager'. flash_attention_2 falls back "
+            "to sdpa, with a warning, when flash-attn or a CUDA GPU is missing."
+        },
+    )
+    torch_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Weight dtype: 'bfloat16', 'float16', 'float32' or 'auto'. Default: float32."},
+    )
+    min_pixels: int | None = field(
+        default=None, metadata={"help": "Smallest page size in pixels after resizing (processor min_pixels)."}
+    )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Largest page size in pixels after resizing (processor max_pixels). Lower saves memory."},
+    )
+    query_prompt: str | None = field(
+        default=None, metadata={"help": "Text prepended to queries, in training and stored in the saved model."}
+    )
+    document_prompt: str | None = field(
+        default=None, metadata={"help": "Text prepended to documents, in training and stored in the saved model."}
+    )
+    truncate_dim: int | None = field(
+        default=None,
+        metadata={"help": "Default embedding dimension stored in the saved model (e.g. 1024). Default: full."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the (query, page image, hard negatives) rows come from."""
+
+    train_dataset: str = field(
+        default="tomaarsen/llamaindex-vdr-en-train-preprocessed",
+        metadata={
+            "help": "Hub dataset id, a datasets.save_to_disk folder, or parquet / JSON-lines file(s) (glob ok) "
+            "whose image columns hold file paths. 'generated:pages' generates document pages offline."
+        },
+    )
+    train_dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
+    train_split: str = field(default="train", metadata={"help": "Split of the training source."})
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "Evaluation source (same kinds as train_dataset). Default: none."}
+    )
+    eval_dataset_config: str | None = field(default=None, metadata={"help": "Hub config of the eval source."})
+    eval_split: str = field(default="train", metadata={"help": "Split of the evaluation source."})
+    eval_split_size: float = field(
+        default=0.0,
+        metadata={
+            "help": "Without eval_dataset: hold this many rows (>= 1) or this fraction (< 1) of the training "
+            "source out for evaluation."
+        },
+    )
+    query_column: str = field(default="query", metadata={"help": "Column with the text queries."})
+    positive_column: str = field(default="image", metadata={"help": "Column with the page that answers the query."})
+    negative_columns: list[str] = field(
+        default_factory=lambda: ["negative_0"],
+        metadata={"help": "Hard-negative page columns used in training (any number, may be empty)."},
+    )
+    eval_negative_columns: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Hard-negative columns added to the evaluation corpus. Default: every column whose name "
+            "starts with 'negative'."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    image_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder that relative image paths in parquet/JSON-lines files are relative to. "
+            "Default: the folder of the file."
+        },
+    )
+    num_generated_rows: int = field(
+        default=256, metadata={"help": "Rows to generate when a source is 'generated:pages'."}
+    )
+    generated_seed: int = field(default=0, metadata={"help": "Seed of the generated pages."})
+
+    def __post_init__(self):
+        if self.eval_split_size < 0:
+            raise ValueError(f"eval_split_size must be 0 or more, got {self.eval_split_size}.")
+        if self.eval_dataset and self.eval_split_size:
+            raise ValueError("Set either eval_dataset or eval_split_size (to carve one from the training data).")
+
+
+@dataclass
+class LossArguments:
+    """MatryoshkaLoss over CachedMultipleNegativesRankingLoss."""
+
+    matryoshka_dims: list[int] = field(
+        default_factory=lambda: list(DEFAULT_MATRYOSHKA_DIMS),
+        metadata={"help": "Embedding dimensions trained (and evaluated) by MatryoshkaLoss, largest first."},
+    )
+    mini_batch_size: int = field(
+        default=1,
+        metadata={"help": "Gradient-cache mini-batch: memory grows with it, the result does not change."},
+    )
+    gather_across_devices: bool = field(
+        default=False,
+        metadata={"help": "Multi-GPU: use the other devices' embeddings as extra in-batch negatives."},
+    )
+
+    def __post_init__(self):
+        if not self.matryoshka_dims or any(dim < 1 for dim in self.matryoshka_dims):
+            raise ValueError(f"matryoshka_dims must be positive integers, got {self.matryoshka_dims}.")
+        if self.matryoshka_dims != sorted(self.matryoshka_dims, reverse=True):
+            raise ValueError(f"matryoshka_dims must be listed largest first, got {self.matryoshka_dims}.")
+        if self.mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be 1 or more, got {self.mini_batch_size}.")
+
+
+@dataclass
+class EvaluationArguments:
+    """The retrieval evaluation run before, during and after training."""
+
+    eval_name: str = field(default="vdr-eval", metadata={"help": "Name of the evaluator (prefixes the metrics)."})
+    evaluator_batch_size: int = field(default=16, metadata={"help": "Encoding batch size of the retrieval evaluator."})
+    evaluate_base_model: bool = field(default=True, metadata={"help": "Score the model before training."})
+
+
+class ConfigParser(HfArgumentParser):
+    """``HfArgumentParser`` with ``--config file.yaml`` plus overrides, strict about unknown keys."""
+
+    def __init__(self, dataclass_types: Sequence[type], prog: str | None = None, description: str | None = None):
+        super().__init__(
+            dataclass_types,
+            prog=prog,
+            description=description,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        self.add_argument("--config", default=None, help="YAML file of arguments; command-line flags override it.")
+
+    def error(self, message: str) -> None:
+        # argparse's default prints the whole usage (hundreds of training flags) before the message.
+        raise VdrError(f"{message}. Run with --help to list the valid arguments.")
+
+    def valid_keys(self) -> list[str]:
+        return [action.dest for action in self._actions if action.dest not in ("help", "config")]
+
+    def unknown_key_error(self, key: str, where: str) -> VdrError:
+        close = difflib.get_close_matches(key, self.valid_keys(), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else " Run with --help to list the valid arguments."
+        return VdrError(f"Unknown argument '{key}' in {where}.{hint}")
+
+    def parse(self, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        config_path = _config_path(argv)
+        if config_path is not None:
+            self._apply_yaml_defaults(config_path)
+        namespace, remaining = self.parse_known_args(argv)
+        if remaining:
+            flag = next((arg for arg in remaining if arg.startswith("-")), remaining[0])
+            raise self.unknown_key_error(flag.lstrip("-").split("=")[0], "the command line")
+        return self._namespace_to_dataclasses(namespace)
+
+    def _apply_yaml_defaults(self, path: Path) -> None:
+        values = load_yaml(path)
+        valid = set(self.valid_keys())
+        for key in values:
+            if key not in valid:
+                raise self.unknown_key_error(key, str(path))
+        for action in self._actions:
+            if action.dest in values:
+                action.required = False
+        self.set_defaults(**values)
+
+    def _namespace_to_dataclasses(self, namespace: argparse.Namespace) -> tuple[Any, ...]:
+        values = vars(namespace)
+        values.pop("config", None)
+        outputs = []
+        for dtype in self.dataclass_types:
+            names = {f.name for f in fields(dtype) if f.init}
+            kwargs = {name: values[name] for name in names if name in values}
+            try:
+                outputs.append(dtype(**kwargs))
+            except (ValueError, TypeError) as error:
+                raise VdrError(f"Invalid {dtype.__name__}: {error}") from None
+        return tuple(outputs)
+
+
+def _config_path(argv: list[str]) -> Path | None:
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            return Path(argv[index + 1])
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping of argument names to values, with a clear error for a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VdrError(f"Config file '{path}' does not exist. Pass an existing YAML file to --config.")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise VdrError(f"Config file '{path}' is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise VdrError(f"Config file '{path}' must be a mapping of argument names to values.")
+    return values
+
+
+def write_run_config(output_dir: str | Path, arguments: Sequence[Any], argv: Sequence[str]) -> Path:
+    """Write the resolved arguments, the command and library versions to ``output_dir/run_config.json``."""
+    import datasets
+    import sentence_transformers
+    import torch
+    import transformers
+
+    record: dict[str, Any] = {"command": list(argv)}
+    for arguments_group in arguments:
+        as_dict = arguments_group.to_dict() if hasattr(arguments_group, "to_dict") else asdict(arguments_group)
+        record[type(arguments_group).__name__] = as_dict
+    record["versions"] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "datasets": datasets.__version__,
+    }
+    path = Path(output_dir) / "run_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return path

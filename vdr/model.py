@@ -1,0 +1,133 @@
+"""The model: a Sentence Transformer built from an embedding checkpoint or a bare vision-language model."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+from sentence_transformers.util.file_io import is_sentence_transformer_model
+
+from vdr.config import ModelArguments
+from vdr.errors import VdrError
+from vdr.tiny_model import TINY_MODEL_ID, ensure_tiny_qwen3_vl
+
+logger = logging.getLogger(__name__)
+
+# Qwen-VL chat templates end with "<|im_start|>assistant\n" when asked for a generation prompt: the
+# embedding is the hidden state of that final token.
+PROCESSING_KWARGS = {"chat_template": {"add_generation_prompt": True}}
+
+# min_pixels / max_pixels (the recipe's processor_kwargs) are applied when the processor loads, but transformers
+# 5.23 also sees them on every call and warns each time; the values still take effect, so that one warning is noise.
+warnings.filterwarnings("ignore", message="Passing `min_pixels` and `max_pixels` to a processor call is deprecated")
+
+
+def resolve_model_path(model_name_or_path: str) -> str:
+    """Map the offline tiny model's name to its cached folder; check that a local path exists."""
+    if model_name_or_path == TINY_MODEL_ID:
+        return str(ensure_tiny_qwen3_vl())
+    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
+    if looks_local and not Path(model_name_or_path).expanduser().exists():
+        raise VdrError(
+            f"Model path '{model_name_or_path}' does not exist. Give a local model folder, a Hub model id such "
+            f"as 'Qwen/Qwen3-VL-Embedding-2B', or '{TINY_MODEL_ID}' for the offline tiny model."
+        )
+    return str(Path(model_name_or_path).expanduser()) if looks_local else model_name_or_path
+
+
+def model_kwargs(args: ModelArguments) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments: dtype and attention kernel (with the flash-attn fallback)."""
+    kwargs: dict[str, Any] = {}
+    if args.torch_dtype:
+        kwargs["dtype"] = args.torch_dtype
+    attention = args.attn_implementation
+    if attention == "flash_attention_2" and not _flash_attention_available():
+        logger.warning(
+            "flash_attention_2 needs the flash-attn package and a CUDA GPU; using 'sdpa' instead "
+            "(install it with: pip install flash-attn --no-build-isolation)."
+        )
+        attention = "sdpa"
+    if attention:
+        kwargs["attn_implementation"] = attention
+    return kwargs
+
+
+def _flash_attention_available() -> bool:
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def processor_kwargs(args: ModelArguments) -> dict[str, Any]:
+    """Processor keyword arguments: the page-size bounds of the image processor."""
+    return {key: value for key, value in (("min_pixels", args.min_pixels), ("max_pixels", args.max_pixels)) if value}
+
+
+def build_model(
+    args: ModelArguments, model_card_data: SentenceTransformerModelCardData | None = None
+) -> SentenceTransformer:
+    """Load ``args.model_name_or_path`` as a ``SentenceTransformer`` ready to finetune.
+
+    A Sentence Transformers checkpoint (one with ``modules.json``) loads as it is. A bare vision-language
+    model gets Transformer -> last-token Pooling -> Normalize: Sentence Transformers' automatic default
+    would be mean pooling without normalisation, which is wrong for Qwen3-VL embedders.
+    """
+    path = resolve_model_path(args.model_name_or_path)
+    load_kwargs = {"model_kwargs": model_kwargs(args), "processor_kwargs": processor_kwargs(args)}
+    try:
+        if is_sentence_transformer_model(path, revision=args.revision):
+            model = SentenceTransformer(path, revision=args.revision, model_card_data=model_card_data, **load_kwargs)
+        else:
+            model = _build_from_vlm(path, args.revision, model_card_data, load_kwargs)
+    except VdrError:
+        raise
+    except (OSError, ValueError) as error:
+        raise VdrError(
+            f"Could not load model '{args.model_name_or_path}': {type(error).__name__}: {error}. Check the path "
+            "or Hub id (and HF_TOKEN / network access for Hub models)."
+        ) from None
+    set_prompts(model, args.query_prompt, args.document_prompt)
+    return model
+
+
+def _build_from_vlm(
+    path: str, revision: str | None, model_card_data: SentenceTransformerModelCardData | None, load_kwargs: dict
+) -> SentenceTransformer:
+    logger.info("'%s' is not a Sentence Transformers model: adding last-token pooling and normalisation", path)
+    if revision:
+        load_kwargs["model_kwargs"] = {**load_kwargs["model_kwargs"], "revision": revision}
+        load_kwargs["processor_kwargs"] = {**load_kwargs["processor_kwargs"], "revision": revision}
+    transformer = Transformer(path, processing_kwargs=PROCESSING_KWARGS, **load_kwargs)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
+    return SentenceTransformer(modules=[transformer, pooling, Normalize()], model_card_data=model_card_data)
+
+
+def set_prompts(model: SentenceTransformer, query_prompt: str | None, document_prompt: str | None) -> None:
+    """Store query/document prompts on the model, so ``encode_query``/``encode_document`` and the saved
+    model use them (prompts given only to the trainer are not saved)."""
+    if query_prompt is not None:
+        model.prompts["query"] = query_prompt
+    if document_prompt is not None:
+        model.prompts["document"] = document_prompt
+
+
+def embedding_dimension(model: SentenceTransformer) -> int:
+    """The model's full (untruncated) embedding dimension."""
+    truncate_dim, model.truncate_dim = model.truncate_dim, None
+    try:
+        return model.get_embedding_dimension()
+    finally:
+        model.truncate_dim = truncate_dim
+
+
+def check_truncate_dim(model: SentenceTransformer, truncate_dim: int | None) -> None:
+    """Fail before training, not after, when the default output dimension cannot be produced."""
+    full = embedding_dimension(model)
+    if truncate_dim is not None and not 1 <= truncate_dim <= full:
+        raise VdrError(f"truncate_dim={truncate_dim} is not between 1 and the model's embedding dimension {full}.")
