@@ -171,6 +171,7 @@ class ConfigParser(HfArgumentParser):
             prog=prog,
             description=description,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            allow_abbrev=False,  # a prefix such as --max_pixel must not silently mean --max_pixels
         )
         self.add_argument("--config", default=None, help="YAML file of arguments; command-line flags override it.")
 

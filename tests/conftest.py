@@ -1,0 +1,45 @@
+"""Shared fixtures: everything is built locally (tiny random Qwen3-VL, generated pages); no Hub access."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vdr_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache per test session (tiny model, generated pages), never the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("vdr-cache")
+    previous = os.environ.get("VDR_CACHE")
+    os.environ["VDR_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # a test that reaches for the Hub fails fast instead of hanging
+    yield cache
+    if previous is None:
+        os.environ.pop("VDR_CACHE", None)
+    else:
+        os.environ["VDR_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(vdr_cache: Path) -> Path:
+    from vdr.tiny_model import ensure_tiny_qwen3_vl
+
+    return ensure_tiny_qwen3_vl(vdr_cache)
+
+
+@pytest.fixture()
+def tiny_model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the tiny checkpoint per test, so no test sees another's changes."""
+    return Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def generated_rows() -> list[dict]:
+    from vdr.pages import generate_rows
+
+    return generate_rows(12, seed=3)

@@ -1,0 +1,162 @@
+"""Data: every source kind, column and image checks, the held-out split, and the recipe's eval corpus ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, DatasetDict, Image
+
+from vdr.config import DataArguments
+from vdr.data import (
+    DataSource,
+    carve_eval_split,
+    load_rows,
+    load_training_data,
+    retrieval_from_rows,
+    training_columns,
+)
+from vdr.errors import VdrError
+from vdr.pages import GENERATED_PAGES_ID, generate_rows
+
+COLUMNS = ["image", "negative_0"]
+
+
+def write_images(rows: list[dict], folder: Path) -> list[dict]:
+    """Save the rows' images as PNG files and return rows holding relative paths instead."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path_rows = []
+    for index, row in enumerate(rows):
+        path_row = {"query": row["query"]}
+        for column in COLUMNS:
+            name = f"{column}-{index}.png"
+            row[column].save(folder / name)
+            path_row[column] = f"pages/{name}"
+        path_rows.append(path_row)
+    return path_rows
+
+
+def test_generated_pages_are_deterministic_and_differ_by_seed():
+    first, again, other = generate_rows(3, seed=7), generate_rows(3, seed=7), generate_rows(3, seed=8)
+    assert [r["query"] for r in first] == [r["query"] for r in again]
+    assert first[0]["image"].tobytes() == again[0]["image"].tobytes()
+    assert first[0]["image"].tobytes() != other[0]["image"].tobytes()
+    assert set(first[0]) == {"query", "image", "negative_0", "negative_1", "negative_2", "negative_3"}
+
+
+def test_hard_negatives_look_like_their_page_but_differ():
+    row = generate_rows(1, seed=5)[0]
+    positive = row["image"]
+    for k in range(4):
+        negative = row[f"negative_{k}"]
+        assert negative.size == positive.size
+        assert negative.tobytes() != positive.tobytes()
+    # negative_0 is the same organisation and figure in another year: same header colour
+    assert row["negative_0"].getpixel((2, 2)) == positive.getpixel((2, 2))
+
+
+def test_generated_source_is_cached_on_disk(vdr_cache):
+    dataset = load_rows(DataSource(GENERATED_PAGES_ID), COLUMNS, num_generated_rows=6, generated_seed=1)
+    assert len(dataset) == 6 and isinstance(dataset.features["image"], Image)
+    assert any(path.name.startswith("pages-") for path in vdr_cache.iterdir())
+
+
+def test_save_to_disk_folder_with_splits(tmp_path, generated_rows):
+    splits = DatasetDict(
+        {"train": Dataset.from_list(generated_rows[:8]), "test": Dataset.from_list(generated_rows[8:])}
+    )
+    splits.save_to_disk(str(tmp_path / "saved"))
+    assert len(load_rows(DataSource(str(tmp_path / "saved"), split="test"), COLUMNS)) == 4
+    with pytest.raises(VdrError, match="has no split 'validation' .*train, test"):
+        load_rows(DataSource(str(tmp_path / "saved"), split="validation"), COLUMNS)
+
+
+def test_parquet_with_relative_image_paths(tmp_path, generated_rows):
+    rows = write_images(generated_rows[:4], tmp_path / "pages")
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "train.parquet"))
+    dataset = load_rows(DataSource(str(tmp_path / "train.parquet")), COLUMNS)
+    assert isinstance(dataset.features["negative_0"], Image)
+    assert dataset[2]["image"].tobytes() == generated_rows[2]["image"].convert("RGB").tobytes()
+
+
+def test_jsonl_glob_with_image_root(tmp_path, generated_rows):
+    rows = write_images(generated_rows[:4], tmp_path / "root" / "pages")
+    (tmp_path / "data").mkdir()
+    for part in range(2):
+        lines = "\n".join(json.dumps(row) for row in rows[part * 2 : part * 2 + 2])
+        (tmp_path / "data" / f"part-{part}.jsonl").write_text(lines)
+    dataset = load_rows(DataSource(str(tmp_path / "data" / "*.jsonl")), COLUMNS, image_root=str(tmp_path / "root"))
+    assert len(dataset) == 4 and dataset[3]["query"] == rows[3]["query"]
+
+
+def test_missing_image_file_names_row_column_and_path(tmp_path, generated_rows):
+    rows = write_images(generated_rows[:3], tmp_path / "pages")
+    rows[1]["negative_0"] = "pages/missing.png"
+    Dataset.from_list(rows).to_json(str(tmp_path / "train.jsonl"))
+    with pytest.raises(VdrError, match=r"row 1, column 'negative_0': image file '.*missing\.png' does not exist"):
+        load_rows(DataSource(str(tmp_path / "train.jsonl")), COLUMNS)
+
+
+def test_unreadable_image_file_is_reported(tmp_path, generated_rows):
+    rows = write_images(generated_rows[:2], tmp_path / "pages")
+    (tmp_path / "pages" / "image-0.png").write_bytes(b"not a png")
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "train.parquet"))
+    with pytest.raises(VdrError, match=r"row 0, column 'image': image file '.*image-0\.png' cannot be read"):
+        load_rows(DataSource(str(tmp_path / "train.parquet")), COLUMNS)
+
+
+def test_missing_path_and_mixed_files_are_reported(tmp_path):
+    with pytest.raises(VdrError, match="Dataset path './nowhere' does not exist"):
+        load_rows(DataSource("./nowhere"), COLUMNS)
+    (tmp_path / "a.parquet").write_bytes(b"")
+    (tmp_path / "b.jsonl").write_text("")
+    with pytest.raises(VdrError, match="must all be .parquet or all .jsonl"):
+        load_rows(DataSource(str(tmp_path / "*")), COLUMNS)
+
+
+def test_missing_column_lists_the_real_columns(generated_rows):
+    dataset = Dataset.from_list(generated_rows[:2])
+    with pytest.raises(VdrError, match=r"has no column 'question' \(its columns are: query, image, negative_0"):
+        training_columns(dataset, "question", "image", [], "Training data")
+
+
+def test_training_columns_keep_only_what_the_loss_reads_in_order(generated_rows):
+    dataset = Dataset.from_list(generated_rows[:2])
+    assert training_columns(dataset, "query", "image", ["negative_1"], "x").column_names == [
+        "query",
+        "image",
+        "negative_1",
+    ]
+
+
+@pytest.mark.parametrize(("size", "expected"), [(3, 3), (0.25, 3)])
+def test_carve_eval_split(size, expected, generated_rows):
+    train, held_out = carve_eval_split(Dataset.from_list(generated_rows), size, seed=0)
+    assert (len(train), len(held_out)) == (12 - expected, expected)
+    assert not set(train["query"]) & set(held_out["query"])
+
+
+def test_carve_eval_split_rejects_taking_everything(generated_rows):
+    with pytest.raises(VdrError, match="leaves no training rows"):
+        carve_eval_split(Dataset.from_list(generated_rows), 12, seed=0)
+
+
+def test_recipe_eval_corpus_ids(generated_rows):
+    dataset = Dataset.from_list(generated_rows[:5])
+    data = retrieval_from_rows(dataset, "query", "image", ["negative_0", "negative_1"], "eval")
+    assert len(data.queries) == 5 and len(data.corpus) == 15
+    assert data.corpus[5 * 2 + 3] is not None and data.qrels == {i: {i: 1.0} for i in range(5)}
+    # negative k of row i has id n*(k+1)+i
+    assert data.corpus[5 * 1 + 3].tobytes() == generated_rows[3]["negative_0"].tobytes()
+    assert data.corpus[5 * 2 + 4].tobytes() == generated_rows[4]["negative_1"].tobytes()
+    assert data.relevant_docs() == {i: {i} for i in range(5)}
+
+
+def test_load_training_data_carves_and_limits(vdr_cache):
+    args = DataArguments(
+        train_dataset=GENERATED_PAGES_ID, num_generated_rows=10, eval_split_size=4, max_train_samples=5
+    )
+    train, eval_rows = load_training_data(args, seed=0)
+    assert train.column_names == ["query", "image", "negative_0"] and len(train) == 5
+    assert len(eval_rows) == 4 and "negative_3" in eval_rows.column_names
