@@ -30,7 +30,7 @@ from sentence_transformers.sentence_transformer.model_card import SentenceTransf
 from vdr.config import ConfigParser, DataArguments, EvaluationArguments, LossArguments, ModelArguments, write_run_config
 from vdr.data import load_training_data, negative_columns_of, retrieval_from_rows, training_columns
 from vdr.errors import run_cli
-from vdr.evaluation import build_ir_evaluator, evaluate_dims, format_dims_table
+from vdr.evaluation import build_ir_evaluator, evaluate_dims, format_dims_table, presize_corpus
 from vdr.loss import build_loss
 from vdr.model import build_model, check_truncate_dim
 from vdr.training import (
@@ -91,6 +91,7 @@ def main(
         eval_data = retrieval_from_rows(
             eval_rows, data_args.query_column, data_args.positive_column, eval_negatives, "Evaluation data"
         )
+        eval_data = presize_corpus(model, eval_data)  # once per run, not at every evaluation
         eval_loss_dataset = training_columns(
             eval_rows, data_args.query_column, data_args.positive_column, eval_negatives, "Evaluation data"
         )

@@ -90,7 +90,7 @@ def test_saved_model_reloads_with_identical_embeddings(trained, generated_rows):
 
 def test_training_changed_the_weights(trained, tiny_model_dir):
     output_dir, _ = trained
-    # The base checkpoint is a Qwen3VLForConditionalGeneration ("model." prefix); the saved embedder is its Qwen3VLModel.
+    # The base checkpoint is a Qwen3VLForConditionalGeneration ("model." prefix); the embedder saves its Qwen3VLModel.
     before = load_file(str(tiny_model_dir / "model.safetensors"))
     after = load_file(str(output_dir / "final" / "model.safetensors"))
     changed = [not torch.equal(before[f"model.{name}"], weight) for name, weight in after.items()]

@@ -23,20 +23,23 @@ from transformers import HfArgumentParser
 from vdr.errors import VdrError
 
 DEFAULT_MATRYOSHKA_DIMS = [2048, 1536, 1024, 512, 256, 128, 64]
+#: Keys of a --dataset spec for evaluate_vdr.py (see vdr.data.DatasetSpec).
+DATASET_SPEC_KEYS = (
+    "path",
+    "name",
+    "config",
+    "split",
+    "layout",
+    "query_column",
+    "positive_column",
+    "negative_columns",
+)
 
 
 @dataclass
-class ModelArguments:
-    """Which model to finetune and how to load it."""
+class ModelLoadingArguments:
+    """How to load a model: shared by training and evaluation, so a model is evaluated as it was trained."""
 
-    model_name_or_path: str = field(
-        default="Qwen/Qwen3-VL-Embedding-2B",
-        metadata={
-            "help": "Hub id or local folder: a Sentence Transformers model (loaded as it is) or a bare "
-            "vision-language model (given last-token pooling and normalisation). "
-            "'generated:tiny-qwen3-vl' builds a tiny random Qwen3-VL offline."
-        },
-    )
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
     attn_implementation: str | None = field(
         default=None,
@@ -61,6 +64,20 @@ class ModelArguments:
     )
     document_prompt: str | None = field(
         default=None, metadata={"help": "Text prepended to documents, in training and stored in the saved model."}
+    )
+
+
+@dataclass
+class ModelArguments(ModelLoadingArguments):
+    """Which model to finetune (and the loading options above)."""
+
+    model_name_or_path: str = field(
+        default="Qwen/Qwen3-VL-Embedding-2B",
+        metadata={
+            "help": "Hub id or local folder: a Sentence Transformers model (loaded as it is) or a bare "
+            "vision-language model (given last-token pooling and normalisation). "
+            "'generated:tiny-qwen3-vl' builds a tiny random Qwen3-VL offline."
+        },
     )
     truncate_dim: int | None = field(
         default=None,
@@ -268,3 +285,60 @@ def write_run_config(output_dir: str | Path, arguments: Sequence[Any], argv: Seq
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=str))
     return path
+
+
+@dataclass
+class EvaluateArguments:
+    """What evaluate_vdr.py scores, and how."""
+
+    model: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Model(s) to score (repeatable): a Sentence Transformers folder, a train_vdr.py output folder "
+            "(its final model), a Hub id, or 'generated:tiny-qwen3-vl'.",
+            "action": "extend",
+        },
+    )
+    dataset: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Dataset(s) to score on (repeatable): PATH or key=value pairs, e.g. "
+            "'path=tomaarsen/llamaindex-vdr-en-train-preprocessed,config=eval,name=vdr-eval'. Keys: "
+            f"{', '.join(sorted(DATASET_SPEC_KEYS))}. Layouts: rows (query, image, negative_*) or beir "
+            "(corpus / queries / qrels).",
+            "action": "extend",
+        },
+    )
+    all_checkpoints: bool = field(
+        default=False, metadata={"help": "For a training output folder, also score every checkpoint-* in it."}
+    )
+    truncate_dims: list[int] | None = field(
+        default=None,
+        metadata={"help": "Embedding dims to score. Default: the model's Matryoshka dims if known, else its full dim."},
+    )
+    batch_size: int = field(default=16, metadata={"help": "Encoding batch size."})
+    output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where results and plots are written."})
+    no_cache: bool = field(default=False, metadata={"help": "Do not read or write the on-disk embedding cache."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Embedding cache folder. Default: $VDR_CACHE/embeddings."}
+    )
+    preprocess_workers: int = field(
+        default=2, metadata={"help": "Threads that decode and resize pages while the model encodes."}
+    )
+    preprocess_cache_mb: int = field(
+        default=4096,
+        metadata={"help": "Memory budget (MB) for resized pages kept for the next model; beyond it pages are redone."},
+    )
+    image_root: str | None = field(
+        default=None, metadata={"help": "Folder that relative image paths in data files are relative to."}
+    )
+    num_generated_rows: int = field(default=64, metadata={"help": "Rows of 'generated:pages' datasets."})
+    generated_seed: int = field(default=1, metadata={"help": "Seed of 'generated:pages' datasets."})
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("give at least one --model")
+        if not self.dataset:
+            raise ValueError("give at least one --dataset")
+        if self.batch_size < 1 or self.preprocess_workers < 0:
+            raise ValueError("batch_size must be 1 or more and preprocess_workers 0 or more")

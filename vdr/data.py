@@ -23,7 +23,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
-from vdr.config import DataArguments
+from vdr.config import DATASET_SPEC_KEYS, DataArguments
 from vdr.errors import VdrError
 from vdr.pages import GENERATED_PAGES_ID, generate_rows
 from vdr.tiny_model import default_cache_dir
@@ -32,6 +32,15 @@ logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 GENERATED_PAGES_VERSION = 1
+#: The generated pages in the BEIR layout (corpus / queries / qrels), for evaluate_vdr.py.
+GENERATED_BEIR_ID = "generated:pages-beir"
+BEIR_PARTS = ("corpus", "queries", "qrels")
+# Column names used by BEIR-style datasets (ViDoRe v2 uses "corpus-id", ViDoRe v3 "corpus_id"), first match wins.
+CORPUS_ID_COLUMNS = ("corpus-id", "corpus_id", "_id", "id", "doc-id", "doc_id")
+QUERY_ID_COLUMNS = ("query-id", "query_id", "_id", "id", "qid")
+QUERY_TEXT_COLUMNS = ("query", "text", "question")
+CORPUS_IMAGE_COLUMNS = ("image", "page", "page_image")
+SCORE_COLUMNS = ("score", "relevance", "grade", "label")
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,7 @@ class RetrievalData:
     queries: dict[Any, Any]
     corpus: dict[Any, Any]
     qrels: dict[Any, dict[Any, float]]
+    fingerprint: str = ""  # identifies the content, for the embedding cache
 
     def relevant_docs(self) -> dict[Any, set[Any]]:
         """Binary relevance (grade > 0), in the form ``InformationRetrievalEvaluator`` takes."""
@@ -232,7 +242,8 @@ def retrieval_from_rows(dataset: Dataset, query: str, positive: str, negatives: 
     for k, column in enumerate(negatives):
         corpus.update({num_rows * (k + 1) + i: page for i, page in enumerate(dataset[column])})
     qrels = {i: {i: 1.0} for i in range(num_rows)}
-    return RetrievalData(queries=queries, corpus=corpus, qrels=qrels)
+    fingerprint = f"rows:{getattr(dataset, '_fingerprint', '')}:{query}:{positive}:{','.join(negatives)}"
+    return RetrievalData(queries=queries, corpus=corpus, qrels=qrels, fingerprint=fingerprint)
 
 
 def load_training_data(args: DataArguments, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -262,3 +273,177 @@ def _first_rows(dataset: Dataset | None, limit: int | None) -> Dataset | None:
     if dataset is None or limit is None or limit >= len(dataset):
         return dataset
     return dataset.select(range(limit))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One evaluation dataset: where it is, its layout, and its column names."""
+
+    path: str
+    name: str
+    config: str | None = None
+    split: str | None = None  # default: "train" for rows, "test" for Hub BEIR sets
+    layout: str = "auto"  # "rows", "beir" or "auto"
+    query_column: str = "query"
+    positive_column: str = "image"
+    negative_columns: tuple[str, ...] | None = None  # default: every negative* column
+
+    @classmethod
+    def parse(cls, spec: str) -> DatasetSpec:
+        """Parse ``PATH`` or ``key=value,key=value`` (``negative_columns`` joined by ``+``)."""
+        if "=" not in spec:
+            return cls(path=spec, name=_default_name(spec, None))
+        values: dict[str, Any] = {}
+        for item in spec.split(","):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in DATASET_SPEC_KEYS:
+                close = [k for k in DATASET_SPEC_KEYS if k.startswith(key[:3])]
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise VdrError(
+                    f"Unknown key '{key}' in --dataset '{spec}'.{hint} Valid keys: {', '.join(DATASET_SPEC_KEYS)}."
+                )
+            values[key] = tuple(value.split("+")) if key == "negative_columns" else value.strip()
+        if "path" not in values:
+            raise VdrError(f"--dataset '{spec}' has no path=... entry.")
+        if values.get("layout", "auto") not in ("auto", "rows", "beir"):
+            raise VdrError(f"--dataset '{spec}': layout must be rows, beir or auto.")
+        values.setdefault("name", _default_name(values["path"], values.get("config")))
+        return cls(**values)
+
+
+def _default_name(path: str, config: str | None) -> str:
+    base = Path(path.rstrip("/")).name if not path.startswith("generated:") else path.split(":", 1)[1]
+    return f"{base}-{config}" if config else base
+
+
+def load_retrieval_data(
+    spec: DatasetSpec, image_root: str | None = None, num_generated_rows: int = 64, generated_seed: int = 1
+) -> RetrievalData:
+    """Load an evaluation set in either layout and check it (ids, empty corpus)."""
+    generated = {"num_generated_rows": num_generated_rows, "generated_seed": generated_seed}
+    if spec.path == GENERATED_BEIR_ID:
+        rows = load_rows(DataSource(GENERATED_PAGES_ID), [spec.positive_column], **generated)
+        folder = (
+            default_cache_dir() / f"pages-beir-v{GENERATED_PAGES_VERSION}-n{num_generated_rows}-seed{generated_seed}"
+        )
+        if not (folder / "qrels.jsonl").exists():
+            write_beir(rows, folder)
+        data = load_beir_folder(folder, spec.name)
+    elif _layout(spec) == "beir":
+        data = load_beir_folder(Path(spec.path), spec.name) if Path(spec.path).is_dir() else _load_beir_hub(spec)
+    else:
+        source = DataSource(spec.path, spec.config, spec.split or "train")
+        rows = load_rows(source, [spec.positive_column], image_root=image_root, **generated)
+        negatives = negative_columns_of(rows, list(spec.negative_columns) if spec.negative_columns else None)
+        data = retrieval_from_rows(rows, spec.query_column, spec.positive_column, negatives, f"Dataset '{spec.name}'")
+    check_retrieval_data(data, spec.name)
+    return data
+
+
+def _layout(spec: DatasetSpec) -> str:
+    if spec.layout != "auto":
+        return spec.layout
+    folder = Path(spec.path)
+    if folder.is_dir():
+        return "beir" if all(_beir_part_path(folder, part) for part in BEIR_PARTS) else "rows"
+    if spec.path.startswith("generated:") or _looks_like_path(spec.path):
+        return "rows"
+    try:
+        from datasets import get_dataset_config_names
+
+        return "beir" if set(BEIR_PARTS) <= set(get_dataset_config_names(spec.path)) else "rows"
+    except Exception:
+        return "rows"  # loading will report the real problem
+
+
+def _beir_part_path(folder: Path, part: str) -> Path | None:
+    for candidate in (folder / part, *(folder / f"{part}{suffix}" for suffix in FILE_BUILDERS)):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def load_beir_folder(folder: Path, name: str) -> RetrievalData:
+    """A local BEIR-style set: ``corpus``, ``queries`` and ``qrels``, each a save_to_disk folder or a file."""
+    parts = {}
+    for part in BEIR_PARTS:
+        path = _beir_part_path(folder, part)
+        if path is None:
+            raise VdrError(f"Dataset '{name}': '{folder}' has no {part} (a {part}/ folder or {part}.parquet/.jsonl).")
+        source = DataSource(str(path))
+        image_columns = (
+            [_pick(load_rows(source, []), CORPUS_IMAGE_COLUMNS, f"{name} corpus")] if part == "corpus" else []
+        )
+        parts[part] = load_rows(source, image_columns, image_root=str(folder))
+    return beir_retrieval_data(parts["corpus"], parts["queries"], parts["qrels"], name)
+
+
+def _load_beir_hub(spec: DatasetSpec) -> RetrievalData:
+    split = spec.split or "test"
+    parts = {part: _load_hub_or_folder(DataSource(spec.path, part, split)) for part in BEIR_PARTS}
+    return beir_retrieval_data(parts["corpus"], parts["queries"], parts["qrels"], spec.name)
+
+
+def _pick(dataset: Dataset, candidates: tuple[str, ...], where: str) -> str:
+    for column in candidates:
+        if column in dataset.column_names:
+            return column
+    raise VdrError(
+        f"{where} has none of the columns {', '.join(candidates)} (its columns are: {', '.join(dataset.column_names)})."
+    )
+
+
+def beir_retrieval_data(corpus: Dataset, queries: Dataset, qrels: Dataset, name: str) -> RetrievalData:
+    """Build ``RetrievalData`` from BEIR-style corpus / queries / qrels tables (graded scores kept)."""
+    corpus_ids = corpus[_pick(corpus, CORPUS_ID_COLUMNS, f"Dataset '{name}' corpus")]
+    images = corpus[_pick(corpus, CORPUS_IMAGE_COLUMNS, f"Dataset '{name}' corpus")]
+    query_ids = queries[_pick(queries, QUERY_ID_COLUMNS, f"Dataset '{name}' queries")]
+    texts = queries[_pick(queries, QUERY_TEXT_COLUMNS, f"Dataset '{name}' queries")]
+    judged = {}
+    qrel_query = qrels[_pick(qrels, QUERY_ID_COLUMNS, f"Dataset '{name}' qrels")]
+    qrel_doc = qrels[_pick(qrels, CORPUS_ID_COLUMNS, f"Dataset '{name}' qrels")]
+    score_column = next((c for c in SCORE_COLUMNS if c in qrels.column_names), None)
+    scores = qrels[score_column] if score_column else [1.0] * len(qrels)
+    for qid, cid, score in zip(qrel_query, qrel_doc, scores):
+        judged.setdefault(qid, {})[cid] = float(score)
+    fingerprint = "beir:" + ":".join(getattr(d, "_fingerprint", "") for d in (corpus, queries, qrels))
+    return RetrievalData(dict(zip(query_ids, texts)), dict(zip(corpus_ids, images)), judged, fingerprint)
+
+
+def check_retrieval_data(data: RetrievalData, name: str) -> None:
+    """Fail clearly on an empty corpus, or qrels naming ids that the queries or corpus do not have."""
+    if not data.corpus:
+        raise VdrError(f"Dataset '{name}' has an empty corpus: there is nothing to retrieve.")
+    if not data.queries:
+        raise VdrError(f"Dataset '{name}' has no queries.")
+    unknown_queries = [qid for qid in data.qrels if qid not in data.queries]
+    unknown_docs = sorted({cid for docs in data.qrels.values() for cid in docs if cid not in data.corpus}, key=str)
+    for kind, unknown in (("query", unknown_queries), ("corpus", unknown_docs)):
+        if unknown:
+            raise VdrError(
+                f"Dataset '{name}': the qrels name {len(unknown)} {kind} id(s) that are not in the {kind} table "
+                f"(e.g. {', '.join(map(repr, unknown[:3]))}). Check that the qrels belong to this corpus and split."
+            )
+
+
+def write_beir(rows: Dataset, folder: Path, query: str = "query", positive: str = "image") -> Path:
+    """Write (query, page, negatives) rows in the BEIR layout: corpus/ (save_to_disk), queries.jsonl, qrels.jsonl.
+
+    Corpus ids are strings (``page-<row>`` and ``page-<row>-neg<k>``), as BEIR sets use.
+    """
+    negatives = negative_columns_of(rows, None)
+    corpus_ids, pages = [], []
+    for column in [positive, *negatives]:
+        suffix = "" if column == positive else f"-{column.replace('negative_', 'neg')}"
+        corpus_ids += [f"page-{i}{suffix}" for i in range(len(rows))]
+        pages += list(rows[column])
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = Dataset.from_dict({"corpus-id": corpus_ids, "image": pages}).cast_column("image", Image())
+    corpus.save_to_disk(str(folder / "corpus"))
+    Dataset.from_dict({"query-id": [f"q-{i}" for i in range(len(rows))], "query": rows[query]}).to_json(
+        str(folder / "queries.jsonl")
+    )
+    qrels = {"query-id": [f"q-{i}" for i in range(len(rows))], "corpus-id": corpus_ids[: len(rows)]}
+    Dataset.from_dict({**qrels, "score": [1] * len(rows)}).to_json(str(folder / "qrels.jsonl"))
+    return folder
