@@ -377,7 +377,10 @@ def expand_models(models: Sequence[str], all_checkpoints: bool = False) -> list[
         folder = Path(value).expanduser()
         is_run = folder.is_dir() and ((folder / FINAL_MODEL_DIR).is_dir() or any(folder.glob("checkpoint-*")))
         if not is_run:
-            name = value.split(":", 1)[1] if value == TINY_MODEL_ID else value.rstrip("/")
+            if value == TINY_MODEL_ID:
+                name = value.split(":", 1)[1]
+            else:  # a local folder is named by its folder, a Hub id by the id
+                name = folder.resolve().name if folder.is_dir() else value.rstrip("/")
             candidates.append(ModelCandidate(name, value))
             continue
         run_name = folder.resolve().name
