@@ -1,0 +1,21 @@
+"""GPU tier (excluded by default; run with `pytest -m gpu` on a CUDA machine): the recipe's bf16 + flash-attention
+path, on the tiny model so it runs in seconds. Not run in this project's CI, which has no GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train_vdr import main, make_parser
+
+from .conftest import REPO_ROOT
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_quickstart_trains_in_bf16_with_flash_attention_or_its_fallback(tmp_path, vdr_cache):
+    argv = ["--config", str(REPO_ROOT / "configs/quickstart.yaml"), "--output_dir", str(tmp_path / "run")]
+    argv += ["--bf16", "true", "--torch_dtype", "bfloat16", "--attn_implementation", "flash_attention_2"]
+    argv += ["--num_train_epochs", "1", "--dataloader_pin_memory", "true"]
+    metrics = main(*make_parser().parse(argv))
+    assert metrics["final_ndcg@10"] is not None and metrics["final_ndcg@10"] > 0
