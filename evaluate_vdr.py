@@ -26,25 +26,22 @@ models) and training_<run>.png (base vs finetuned, for training output folders).
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vdr.config import ConfigParser, EvaluateArguments, ModelLoadingArguments
 from vdr.data import DatasetSpec, load_retrieval_data
+from vdr.embedding_cache import EmbeddingCache, library_versions, model_fingerprint
 from vdr.errors import VdrError, run_cli
-from vdr.evaluation import (
-    EmbeddingCache,
-    PagePreprocessor,
-    evaluation_dims,
-    expand_models,
-    load_for_evaluation,
-    model_fingerprint,
-    read_training_metrics,
-    score_model,
-)
+from vdr.evaluation import evaluation_dims, expand_models, load_for_evaluation, read_training_metrics, score_model
+from vdr.model import resolve_model_path
+from vdr.preprocessing import PagePreprocessor
 from vdr.reporting import markdown_table, plot_ndcg_by_dim, plot_ndcg_by_model, plot_training_metrics, write_results
 from vdr.tiny_model import default_cache_dir
 
@@ -63,6 +60,9 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
 
     # 1. Datasets: each loaded (and checked) once, shared by every model
     specs = [DatasetSpec.parse(spec) for spec in args.dataset]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise VdrError(f"Two --dataset entries share a name ({', '.join(names)}); give each a distinct name=...")
     datasets = {}
     for spec in specs:
         datasets[spec.name] = load_retrieval_data(spec, args.image_root, args.num_generated_rows, args.generated_seed)
@@ -83,22 +83,30 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
     models: dict[str, dict] = {}
     errors: list[str] = []
     for candidate in candidates:
+        model = None
         try:
             model = load_for_evaluation(candidate, loading)
             dims = evaluation_dims(model, candidate, args.truncate_dims)
-            cache_parts = {"model": model_fingerprint(candidate.path, loading.revision), "loading": vars(loading)}
+            fingerprint = model_fingerprint(resolve_model_path(candidate.path), loading.revision)
+            cache_key = {"model": fingerprint, "loading": vars(loading)}
             model_records, stats = score_model(
-                model, candidate, datasets, dims, args.batch_size, preprocessor, cache, cache_parts
+                model, candidate, datasets, dims, args.batch_size, preprocessor, cache, cache_key
             )
-        except VdrError as error:
-            logger.error("Skipping model '%s': %s", candidate.name, error)
-            errors.append(f"{candidate.name}: {error}")
+        except (VdrError, torch.OutOfMemoryError) as error:
+            hint = " Lower --batch_size or --max_pixels." if isinstance(error, torch.OutOfMemoryError) else ""
+            logger.error("Skipping model '%s': %s%s", candidate.name, error, hint)
+            errors.append(f"{candidate.name}: {error}{hint}")
             continue
+        finally:
+            del model  # free it before the next model loads
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         records += model_records
         models[candidate.name] = {
             "path": candidate.path,
             "dims": dims,
-            "fingerprint": cache_parts["model"],
+            "fingerprint": fingerprint,
             "stats": stats,
         }
         write_outputs(output_dir, records, models, specs, loading, args, start)  # results so far are never lost
@@ -109,7 +117,8 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
         if len(models) > 1:
             plot_ndcg_by_model(records, output_dir / "ndcg_by_model.png")
         print(markdown_table(records))
-    for candidate in candidates:
+    one_per_run = {candidate.training_run: candidate for candidate in candidates if candidate.training_run}
+    for candidate in one_per_run.values():
         metrics = read_training_metrics(candidate)
         if metrics and metrics.get("final"):
             plot_training_metrics(metrics, output_dir / f"training_{candidate.training_run.resolve().name}.png")
@@ -130,20 +139,11 @@ def write_outputs(
     args: EvaluateArguments,
     start: float,
 ) -> None:
-    import sentence_transformers
-    import torch
-    import transformers
-
     metadata = {
         "models": models,
         "datasets": [vars(spec) for spec in specs],
         "settings": {"loading": vars(loading), "evaluation": vars(args)},
-        "versions": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "sentence_transformers": sentence_transformers.__version__,
-        },
+        "versions": {"python": sys.version.split()[0], **library_versions()},
         "wall_seconds": round(time.perf_counter() - start, 2),
     }
     write_results(output_dir, records, metadata)

@@ -4,7 +4,7 @@ The steps follow the Sentence Transformers multimodal training write-up: model, 
 arguments, evaluator, trainer, final per-dimension evaluation, save, optional push.
 
 Usage:
-    # Offline quickstart on a CPU (tiny random Qwen3-VL, generated pages), about a minute:
+    # Offline quickstart on a CPU (tiny random Qwen3-VL, generated pages), about two minutes:
     python train_vdr.py --config configs/quickstart.yaml
 
     # The reference recipe (Qwen3-VL-Embedding-2B on VDR data; a GPU with bf16 and Hub access):
@@ -112,20 +112,22 @@ def main(
     )
     trainer.train(resume_from_checkpoint=resume_checkpoint)
 
-    # 7. Final evaluation at every Matryoshka dimension, from one encoding of the corpus
+    # 7. Save the final model (with its default truncate_dim) before anything else can fail
+    if not trainer.is_world_process_zero():
+        return {}
+    final_dir = save_final_model(model, training_args.output_dir, model_args.truncate_dim, loss_args.matryoshka_dims)
+
+    # 8. Final evaluation at every Matryoshka dimension, from one encoding of the corpus, and metrics.json
     final_scores: dict = {}
     if eval_data is not None:
         final_scores = evaluate_dims(model, eval_data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size)
         logger.info("Before and after training:\n%s", format_dims_table({"base": base_scores, "final": final_scores}))
-
-    # 8. Save the final model (with its default truncate_dim) and the metrics, before any upload
-    final_dir = save_final_model(model, training_args.output_dir, model_args.truncate_dim, loss_args.matryoshka_dims)
     metrics = write_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
     print(metrics["summary"])
 
     # 9. (Optional) Push to the Hugging Face Hub; a failure keeps the local copy and says how to retry
-    if push_requested and trainer.is_world_process_zero():
-        push_to_hub(model, final_dir, training_args.hub_model_id or training_args.run_name)
+    if push_requested:
+        push_to_hub(model, final_dir, training_args)
     return metrics
 
 

@@ -35,6 +35,13 @@ def test_yaml_values_are_typed_and_overridden_by_the_command_line(tmp_path):
     assert training.output_dir == "out"
 
 
+def test_yaml_scalar_for_a_list_field_is_one_item_and_items_are_typed(tmp_path):
+    config = write_yaml(tmp_path, "negative_columns: negative_2\nmatryoshka_dims: ['64', 32]\n")
+    _, data, loss, _, _ = parse("--config", config)
+    assert data.negative_columns == ["negative_2"]
+    assert loss.matryoshka_dims == [64, 32]
+
+
 def test_defaults_apply_without_a_config():
     model, data, loss, evaluation, training = parse("--output_dir", "out")
     assert model.model_name_or_path == "Qwen/Qwen3-VL-Embedding-2B"

@@ -146,10 +146,11 @@ def test_recipe_eval_corpus_ids(generated_rows):
     dataset = Dataset.from_list(generated_rows[:5])
     data = retrieval_from_rows(dataset, "query", "image", ["negative_0", "negative_1"], "eval")
     assert len(data.queries) == 5 and len(data.corpus) == 15
-    assert data.corpus[5 * 2 + 3] is not None and data.qrels == {i: {i: 1.0} for i in range(5)}
-    # negative k of row i has id n*(k+1)+i
-    assert data.corpus[5 * 1 + 3].tobytes() == generated_rows[3]["negative_0"].tobytes()
-    assert data.corpus[5 * 2 + 4].tobytes() == generated_rows[4]["negative_1"].tobytes()
+    assert data.qrels == {i: {i: 1.0} for i in range(5)}
+    # negative k of row i has id n*(k+1)+i; pages stay encoded until opened
+    assert data.corpus[5 * 1 + 3].open().tobytes() == generated_rows[3]["negative_0"].tobytes()
+    assert data.corpus[5 * 2 + 4].open().tobytes() == generated_rows[4]["negative_1"].tobytes()
+    assert data.with_opened_pages().corpus[2].tobytes() == generated_rows[2]["image"].tobytes()
     assert data.relevant_docs() == {i: {i} for i in range(5)}
 
 
@@ -160,3 +161,19 @@ def test_load_training_data_carves_and_limits(vdr_cache):
     train, eval_rows = load_training_data(args, seed=0)
     assert train.column_names == ["query", "image", "negative_0"] and len(train) == 5
     assert len(eval_rows) == 4 and "negative_3" in eval_rows.column_names
+
+
+def test_eval_negative_columns_with_any_name_are_loaded_as_images(tmp_path, generated_rows):
+    rows = write_images(generated_rows[:6], tmp_path / "pages")
+    for row in rows:
+        row["hard_page"] = row.pop("negative_0")
+    Dataset.from_list(rows).to_json(str(tmp_path / "train.jsonl"))
+    args = DataArguments(
+        train_dataset=str(tmp_path / "train.jsonl"),
+        negative_columns=[],
+        eval_negative_columns=["hard_page"],
+        eval_split_size=2,
+    )
+    train, eval_rows = load_training_data(args, seed=0)
+    assert train.column_names == ["query", "image"]
+    assert isinstance(eval_rows.features["hard_page"], Image)

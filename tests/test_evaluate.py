@@ -11,21 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from sentence_transformers import SentenceTransformer
 
 from evaluate_vdr import main, make_parser
 from vdr.config import ModelArguments
 from vdr.data import (
     GENERATED_BEIR_ID,
     DatasetSpec,
+    RetrievalData,
     beir_retrieval_data,
     check_retrieval_data,
     load_retrieval_data,
     write_beir,
 )
+from vdr.embedding_cache import EmbeddingCache
 from vdr.errors import VdrError
 from vdr.evaluation import (
-    EmbeddingCache,
-    PagePreprocessor,
     build_ir_evaluator,
     embed_dataset,
     encode_full_dim,
@@ -35,6 +37,7 @@ from vdr.evaluation import (
 )
 from vdr.model import build_model
 from vdr.pages import GENERATED_PAGES_ID
+from vdr.preprocessing import PagePreprocessor
 
 from .conftest import REPO_ROOT
 
@@ -62,26 +65,40 @@ def run_evaluate(output_dir: Path, *argv: str) -> dict:
 
 
 def test_metrics_agree_with_sentence_transformers_at_every_dim(st_model_dir, pages_data):
-    from sentence_transformers import SentenceTransformer
-
     model = SentenceTransformer(str(st_model_dir))
     embeddings = embed_dataset(model, pages_data, 8, PagePreprocessor(), EmbeddingCache(None), {})
     ours = score_dims(model, embeddings.queries, embeddings.corpus, pages_data, [64, 32, 16, 8])
+    opened = pages_data.with_opened_pages()  # Sentence Transformers' evaluator takes PIL images
     for dim in (64, 32, 16, 8):
-        evaluator = build_ir_evaluator(pages_data, "st", batch_size=8, truncate_dim=dim, show_progress_bar=False)
+        evaluator = build_ir_evaluator(opened, "st", batch_size=8, truncate_dim=dim, show_progress_bar=False)
         evaluator.precision_recall_at_k = [1, 5, 10, 100]
+        evaluator.ndcg_at_k = [1, 5, 10]
         expected = evaluator(model)
-        for name in ("ndcg@10", "mrr@10", "recall@1", "recall@5", "recall@10", "recall@100", "map@100"):
+        for name in (
+            "ndcg@1",
+            "ndcg@5",
+            "ndcg@10",
+            "mrr@10",
+            "map@100",
+            "recall@1",
+            "recall@5",
+            "recall@10",
+            "recall@100",
+        ):
             assert ours[dim][name] == pytest.approx(expected[f"st_cosine_{name}"], abs=1e-6), (dim, name)
 
 
 def test_resizing_pages_once_leaves_embeddings_unchanged(st_model_dir, pages_data):
-    from sentence_transformers import SentenceTransformer
+    from PIL import Image
 
     model = SentenceTransformer(str(st_model_dir))
-    pages = list(pages_data.corpus.values())[:6] + [list(pages_data.corpus.values())[0].resize((700, 990))]
-    resized = list(presize_corpus(model, type(pages_data)({}, dict(enumerate(pages)), {})).corpus.values())
-    assert resized[-1].size != pages[-1].size  # it really was resized
+    pages = [page.open() for page in list(pages_data.corpus.values())[:5]]
+    pages.append(pages[0].resize((700, 990)))
+    transparent = pages[1].convert("RGBA")
+    transparent.putalpha(Image.linear_gradient("L").resize(transparent.size))  # alpha 0..255
+    pages += [transparent, pages[2].convert("P").convert("RGBA").convert("LA"), pages[3].convert("L")]
+    resized = list(presize_corpus(model, RetrievalData({}, dict(enumerate(pages)), {})).corpus.values())
+    assert resized[5].size != pages[5].size  # it really was resized
     raw = encode_full_dim(model, pages, "document", 4, show_progress_bar=False)
     once = encode_full_dim(model, resized, "document", 4, show_progress_bar=False)
     assert torch.equal(raw, once)
@@ -128,6 +145,18 @@ def test_rerun_reads_embeddings_from_the_cache(tmp_path, st_model_dir):
     assert first["records"] == second["records"]
     uncached = run_evaluate(tmp_path / "c", *argv, "--no_cache", "true")
     assert uncached["models"]["tiny-st"]["stats"]["pages"]["page_encodings"] == 40
+
+
+def test_changed_weights_are_not_served_from_the_cache(tmp_path, st_model_dir):
+    changed = Path(shutil.copytree(st_model_dir, tmp_path / "tiny-st"))
+    weights = load_file(str(changed / "model.safetensors"))
+    name = next(key for key in weights if key.endswith("layers.1.mlp.down_proj.weight"))
+    weights[name] = weights[name] * 1.5  # a change in the middle of the file
+    save_file(weights, str(changed / "model.safetensors"), metadata={"format": "pt"})
+    argv = ["--dataset", GENERATED_PAGES_ID, "--num_generated_rows", "8", "--cache_dir", str(tmp_path / "cache")]
+    run_evaluate(tmp_path / "a", "--model", str(st_model_dir), *argv)
+    second = run_evaluate(tmp_path / "b", "--model", str(changed), *argv)
+    assert second["models"]["tiny-st"]["stats"]["pages"]["cache_hits"] == 0
 
 
 def test_training_output_folders_and_checkpoints(tmp_path, st_model_dir):
@@ -180,7 +209,7 @@ def test_beir_folder_written_from_rows_round_trips(tmp_path, generated_rows):
     data = load_retrieval_data(DatasetSpec.parse(str(tmp_path / "beir")))
     assert len(data.queries) == 3 and len(data.corpus) == 15
     assert data.qrels["q-1"] == {"page-1": 1.0}
-    assert data.corpus["page-2-neg3"].tobytes() == generated_rows[2]["negative_3"].tobytes()
+    assert data.corpus["page-2-neg3"].open().tobytes() == generated_rows[2]["negative_3"].tobytes()
 
 
 def test_dataset_spec_parsing():
@@ -213,7 +242,10 @@ def test_bad_models_fail_clearly_but_the_others_are_still_written(tmp_path, st_m
 
 
 def test_truncate_dim_larger_than_the_model_is_reported(tmp_path, st_model_dir):
-    with pytest.raises(VdrError, match=r"dimension\(s\) \[128\]: the model's embeddings have 64 dimensions"):
+    with pytest.raises(
+        VdrError,
+        match=r"tiny-st: Evaluation dims \[128\] cannot be produced: the model's embeddings have 64 dimensions",
+    ):
         run_evaluate(
             tmp_path, "--model", str(st_model_dir), "--dataset", GENERATED_PAGES_ID, "--num_generated_rows", "8",
             "--truncate_dims", "128", "64",

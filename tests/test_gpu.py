@@ -3,6 +3,8 @@ path, on the tiny model so it runs in seconds. Not run in this project's CI, whi
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -19,3 +21,5 @@ def test_quickstart_trains_in_bf16_with_flash_attention_or_its_fallback(tmp_path
     argv += ["--num_train_epochs", "1", "--dataloader_pin_memory", "true"]
     metrics = main(*make_parser().parse(argv))
     assert metrics["final_ndcg@10"] is not None and metrics["final_ndcg@10"] > 0
+    saved = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert saved.get("dtype", saved.get("torch_dtype")) == "bfloat16"

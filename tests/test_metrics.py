@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from vdr.metrics import DEFAULT_METRICS, rank_documents, retrieval_metrics, truncate_and_normalize
+from vdr.metrics import DEFAULT_METRICS, rank_documents, retrieval_metrics
 
 ALL_METRICS = [
     f"{name}@{k}" for name in ("ndcg", "mrr", "map", "recall", "precision", "accuracy") for k in (1, 2, 3, 5, 10, 100)
@@ -319,29 +319,3 @@ def test_matches_sentence_transformers_with_string_corpus_ids(cutoffs: str) -> N
     # And the tie order really matters here: without tie_break some metric differs.
     default_order = retrieval_metrics(scores, qrels, list(expected))
     assert any(abs(default_order[name] - value) > 1e-9 for name, value in expected.items())
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Matryoshka truncation
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_truncate_and_normalize() -> None:
-    torch.manual_seed(4)
-    embeddings = torch.randn(5, 16)
-    embeddings[2] = 0.0
-    truncated = truncate_and_normalize(embeddings, 8)
-    assert truncated.shape == (5, 8)
-    assert not torch.isnan(truncated).any()
-    assert torch.equal(truncated[2], torch.zeros(8))  # a zero row stays zero
-    kept = [0, 1, 3, 4]
-    manual = embeddings[kept, :8] / embeddings[kept, :8].norm(dim=1, keepdim=True)
-    torch.testing.assert_close(truncated[kept], manual)
-    torch.testing.assert_close(truncated[kept].norm(dim=1), torch.ones(4))
-    torch.testing.assert_close(truncate_and_normalize(embeddings, 16)[0], embeddings[0] / embeddings[0].norm())
-
-
-@pytest.mark.parametrize("dim", [0, 17])
-def test_truncate_and_normalize_rejects_bad_dim(dim: int) -> None:
-    with pytest.raises(ValueError, match=rf"between 1 and the embedding size 16, got {dim}"):
-        truncate_and_normalize(torch.randn(3, 16), dim)

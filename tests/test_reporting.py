@@ -10,13 +10,11 @@ import pytest
 from PIL import Image
 
 from vdr.reporting import (
-    PRIMARY_METRIC,
     markdown_table,
     metric_sort_key,
     plot_ndcg_by_dim,
     plot_ndcg_by_model,
     plot_training_metrics,
-    records_from_training_metrics,
     write_results,
 )
 
@@ -253,36 +251,3 @@ def test_plot_training_metrics_rejects_metrics_without_values(tmp_path: Path) ->
     empty = {"eval_name": "vdr-eval", "metric": "ndcg@10", "base": {}, "final": {}}
     with pytest.raises(ValueError, match="no 'ndcg@10' values"):
         plot_training_metrics(empty, tmp_path / "empty.png")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# records_from_training_metrics
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_records_from_training_metrics_round_trip(tmp_path: Path) -> None:
-    records = records_from_training_metrics(TRAINING_METRICS, "my-model")
-
-    assert len(records) == 6
-    assert [r["model"] for r in records] == ["my-model (base)"] * 3 + ["my-model"] * 3
-    assert {r["dataset"] for r in records} == {"vdr-eval"}
-    assert all(r["num_queries"] is None and r["num_documents"] is None for r in records)
-    assert all(isinstance(r["dim"], int) for r in records)
-    rebuilt = {
-        key: {str(r["dim"]): r["metrics"] for r in records if r["model"] == name}
-        for key, name in (("base", "my-model (base)"), ("final", "my-model"))
-    }
-    assert rebuilt == {"base": TRAINING_METRICS["base"], "final": TRAINING_METRICS["final"]}
-
-    # The same writers work on them.
-    assert markdown_table(records) == (
-        "| model | vdr-eval NDCG@10 |\n|---|---|\n| my-model (base) | 0.8960 |\n| my-model | **0.9480** |\n"
-    )
-    paths = write_results(tmp_path, records, {"source": "metrics.json"})
-    assert json.loads(paths["json"].read_text())["results"] == records
-    assert_png(plot_ndcg_by_dim(records, tmp_path / "dims.png", metric=PRIMARY_METRIC))
-
-
-def test_records_from_training_metrics_without_base() -> None:
-    records = records_from_training_metrics({**TRAINING_METRICS, "base": {}}, "m")
-    assert [(r["model"], r["dim"]) for r in records] == [("m", 2048), ("m", 1024), ("m", 512)]

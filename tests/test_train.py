@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 from train_vdr import main, make_parser
 from vdr.config import DataArguments
@@ -53,6 +54,7 @@ def test_metrics_json_matches_sentence_transformers_evaluator(trained):
         DataArguments(train_dataset="generated:pages", num_generated_rows=320, eval_split_size=64), seed=42
     )
     data = retrieval_from_rows(eval_rows, "query", "image", [f"negative_{k}" for k in range(4)], "eval")
+    data = data.with_opened_pages()  # the original pages, not resized by us
     for dim in (64, 32, 16):
         evaluator = build_ir_evaluator(data, "check", batch_size=32, truncate_dim=dim, show_progress_bar=False)
         expected = evaluator(model)
@@ -77,7 +79,7 @@ def test_outputs_final_model_checkpoint_and_provenance(trained):
     assert any("eval_generated-pages_cosine_ndcg@10" in entry for entry in state["log_history"])
 
 
-def test_saved_model_reloads_with_identical_embeddings(trained, generated_rows):
+def test_final_model_and_last_checkpoint_give_identical_embeddings(trained, generated_rows):
     output_dir, _ = trained
     checkpoint = sorted(output_dir.glob("checkpoint-*"))[-1]  # the last step's weights: the final model's
     final, again = SentenceTransformer(str(output_dir / "final")), SentenceTransformer(str(checkpoint))
@@ -105,7 +107,22 @@ def test_a_new_run_never_overwrites_an_earlier_one(trained):
     assert sorted(p.name for p in output_dir.iterdir()) == before
 
 
-def test_resume_from_the_last_checkpoint(trained):
-    output_dir, _ = trained
-    metrics = run_quickstart(output_dir, "--resume_from_checkpoint", "last", "--truncate_dim", "32")
-    assert metrics["final_ndcg@10"] >= MIN_FINAL_NDCG  # resumed at the end: nothing lost
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, vdr_cache):
+    output_dir = tmp_path / "run"
+    short = ("--num_train_epochs", "1", "--save_steps", "0.5", "--save_total_limit", "2")
+    run_quickstart(output_dir, *short)  # 8 steps, checkpoints at 4 and 8
+    # Make it look interrupted after step 4: the later checkpoint, the final model and metrics never got written.
+    for name in ("checkpoint-8", "final"):
+        shutil.rmtree(output_dir / name)
+    (output_dir / "metrics.json").unlink()
+
+    steps = []
+    original = SentenceTransformerTrainer.training_step
+    monkeypatch.setattr(
+        SentenceTransformerTrainer, "training_step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k)
+    )
+    metrics = run_quickstart(output_dir, *short, "--resume_from_checkpoint", "last")
+    assert len(steps) == 4  # steps 5..8 only: it carried on, it did not start over
+    state = json.loads((output_dir / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert metrics["final_ndcg@10"] is not None and (output_dir / "final" / "model.safetensors").exists()

@@ -23,17 +23,6 @@ from transformers import HfArgumentParser
 from vdr.errors import VdrError
 
 DEFAULT_MATRYOSHKA_DIMS = [2048, 1536, 1024, 512, 256, 128, 64]
-#: Keys of a --dataset spec for evaluate_vdr.py (see vdr.data.DatasetSpec).
-DATASET_SPEC_KEYS = (
-    "path",
-    "name",
-    "config",
-    "split",
-    "layout",
-    "query_column",
-    "positive_column",
-    "negative_columns",
-)
 
 
 @dataclass
@@ -179,6 +168,60 @@ class EvaluationArguments:
     evaluate_base_model: bool = field(default=True, metadata={"help": "Score the model before training."})
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One evaluation dataset: where it is, its layout, and its column names."""
+
+    path: str
+    name: str
+    config: str | None = None
+    split: str | None = None  # default: "train" for rows, "test" for Hub BEIR sets
+    layout: str = "auto"  # "rows", "beir" or "auto"
+    query_column: str = "query"
+    positive_column: str = "image"
+    negative_columns: tuple[str, ...] | None = None  # default: every negative* column
+
+    @classmethod
+    def parse(cls, spec: str) -> DatasetSpec:
+        """Parse ``PATH`` or ``key=value,key=value`` (``negative_columns`` joined by ``+``)."""
+        if "=" not in spec:
+            return cls(path=spec, name=_default_name(spec, None))
+        values: dict[str, Any] = {}
+        for item in spec.split(","):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in DATASET_SPEC_KEYS:
+                close = difflib.get_close_matches(key, DATASET_SPEC_KEYS, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise VdrError(
+                    f"Unknown key '{key}' in --dataset '{spec}'.{hint} Valid keys: {', '.join(DATASET_SPEC_KEYS)}."
+                )
+            values[key] = tuple(value.split("+")) if key == "negative_columns" else value.strip()
+        if "path" not in values:
+            raise VdrError(f"--dataset '{spec}' has no path=... entry.")
+        if values.get("layout", "auto") not in ("auto", "rows", "beir"):
+            raise VdrError(f"--dataset '{spec}': layout must be rows, beir or auto.")
+        values.setdefault("name", _default_name(values["path"], values.get("config")))
+        return cls(**values)
+
+
+def _default_name(path: str, config: str | None) -> str:
+    base = Path(path.rstrip("/")).name if not path.startswith("generated:") else path.split(":", 1)[1]
+    return f"{base}-{config}" if config else base
+
+
+DATASET_SPEC_KEYS = tuple(f.name for f in fields(DatasetSpec))
+
+
+def looks_like_local_path(value: str) -> bool:
+    """Whether a model or dataset reference is meant as a local path rather than a Hub id."""
+    return (
+        value.startswith((".", "/", "~"))
+        or value.count("/") > 1
+        or Path(value).suffix in (".parquet", ".jsonl", ".json")
+    )
+
+
 class ConfigParser(HfArgumentParser):
     """``HfArgumentParser`` with ``--config file.yaml`` plus overrides, strict about unknown keys."""
 
@@ -222,8 +265,13 @@ class ConfigParser(HfArgumentParser):
             if key not in valid:
                 raise self.unknown_key_error(key, str(path))
         for action in self._actions:
-            if action.dest in values:
-                action.required = False
+            if action.dest not in values:
+                continue
+            action.required = False
+            if action.nargs in ("+", "*") and not isinstance(values[action.dest], list):
+                values[action.dest] = [values[action.dest]]  # "negative_columns: negative_0" means one column
+            if isinstance(values[action.dest], list) and action.type is not None:
+                values[action.dest] = [_convert(action, item) for item in values[action.dest]]
         self.set_defaults(**values)
 
     def _namespace_to_dataclasses(self, namespace: argparse.Namespace) -> tuple[Any, ...]:
@@ -238,6 +286,14 @@ class ConfigParser(HfArgumentParser):
             except (ValueError, TypeError) as error:
                 raise VdrError(f"Invalid {dtype.__name__}: {error}") from None
         return tuple(outputs)
+
+
+def _convert(action: argparse.Action, value: Any) -> Any:
+    """argparse converts string defaults, not the items of a list default: convert YAML list items the same way."""
+    try:
+        return action.type(value) if isinstance(value, str) else value
+    except (TypeError, ValueError) as error:
+        raise VdrError(f"Config value {value!r} for '{action.dest}' is invalid: {error}") from None
 
 
 def _config_path(argv: list[str]) -> Path | None:
@@ -265,22 +321,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def write_run_config(output_dir: str | Path, arguments: Sequence[Any], argv: Sequence[str]) -> Path:
     """Write the resolved arguments, the command and library versions to ``output_dir/run_config.json``."""
-    import datasets
-    import sentence_transformers
-    import torch
-    import transformers
+    from vdr.embedding_cache import library_versions  # imports torch: only when a run config is written
 
     record: dict[str, Any] = {"command": list(argv)}
     for arguments_group in arguments:
         as_dict = arguments_group.to_dict() if hasattr(arguments_group, "to_dict") else asdict(arguments_group)
         record[type(arguments_group).__name__] = as_dict
-    record["versions"] = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "datasets": datasets.__version__,
-    }
+    record["versions"] = {"python": sys.version.split()[0], **library_versions()}
     path = Path(output_dir) / "run_config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=str))
@@ -304,8 +351,8 @@ class EvaluateArguments:
         metadata={
             "help": "Dataset(s) to score on (repeatable): PATH or key=value pairs, e.g. "
             "'path=tomaarsen/llamaindex-vdr-en-train-preprocessed,config=eval,name=vdr-eval'. Keys: "
-            f"{', '.join(sorted(DATASET_SPEC_KEYS))}. Layouts: rows (query, image, negative_*) or beir "
-            "(corpus / queries / qrels).",
+            "path, name, config, split, layout (rows: query, image, negative_*; beir: corpus / queries / qrels; "
+            "or auto), query_column, positive_column, negative_columns (joined by +).",
             "action": "extend",
         },
     )

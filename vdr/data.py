@@ -12,21 +12,21 @@ Sources, all returning a ``datasets.Dataset``:
 from __future__ import annotations
 
 import glob
+import io
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Image, concatenate_datasets, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
-from vdr.config import DATASET_SPEC_KEYS, DataArguments
+from vdr.config import DataArguments, DatasetSpec, looks_like_local_path
 from vdr.errors import VdrError
 from vdr.pages import GENERATED_PAGES_ID, generate_rows
-from vdr.tiny_model import default_cache_dir
+from vdr.tiny_model import default_cache_dir, publish
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,12 @@ def load_rows(
     image_root: str | None = None,
     num_generated_rows: int = 256,
     generated_seed: int = 0,
+    optional_images: bool = False,
 ) -> Dataset:
-    """Load ``source`` as a ``Dataset`` whose ``image_columns`` are ``datasets.Image`` features."""
+    """Load ``source`` as a ``Dataset`` whose ``image_columns`` are ``datasets.Image`` features.
+
+    With ``optional_images``, image columns the source does not have are skipped instead of reported.
+    """
     if source.path == GENERATED_PAGES_ID:
         return load_from_disk(str(ensure_generated_pages(num_generated_rows, generated_seed)))
     local = Path(source.path).expanduser()
@@ -71,19 +75,15 @@ def load_rows(
         return _select_split(load_from_disk(str(local)), source)
     files = sorted(glob.glob(str(local))) if any(ch in source.path for ch in "*?[") else [str(local)]
     if files and all(Path(f).is_file() for f in files):
-        return _load_files(files, source, image_columns, image_root)
+        return _load_files(files, source, image_columns, image_root, optional_images)
     if local.is_dir():
         return _load_hub_or_folder(source)
-    if _looks_like_path(source.path):
+    if looks_like_local_path(source.path):
         raise VdrError(
             f"Dataset path '{source.path}' does not exist. Give a save_to_disk folder, parquet/JSON-lines "
             f"file(s), a Hub dataset id, or '{GENERATED_PAGES_ID}'."
         )
     return _load_hub_or_folder(source)
-
-
-def _looks_like_path(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).suffix in FILE_BUILDERS
 
 
 def _is_saved_dataset(folder: Path) -> bool:
@@ -112,7 +112,9 @@ def _load_hub_or_folder(source: DataSource) -> Dataset:
         ) from None
 
 
-def _load_files(files: list[str], source: DataSource, image_columns: list[str], image_root: str | None) -> Dataset:
+def _load_files(
+    files: list[str], source: DataSource, image_columns: list[str], image_root: str | None, optional_images: bool
+) -> Dataset:
     suffixes = {Path(f).suffix for f in files}
     builders = {FILE_BUILDERS.get(suffix) for suffix in suffixes}
     if None in builders or len(builders) != 1:
@@ -120,11 +122,25 @@ def _load_files(files: list[str], source: DataSource, image_columns: list[str], 
             f"Cannot read '{source.path}': data files must all be .parquet or all .jsonl/.json, got "
             f"{', '.join(sorted(suffixes))}."
         )
-    dataset = load_dataset(builders.pop(), data_files=files, split="train")
-    root = Path(image_root) if image_root else Path(files[0]).parent
+    builder = builders.pop()
+    # One file at a time, so that image paths resolve against each file's own folder and errors name the file.
+    parts = [_load_file(builder, file, image_columns, image_root, optional_images) for file in files]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def _load_file(
+    builder: str, file: str, image_columns: list[str], image_root: str | None, optional_images: bool
+) -> Dataset:
+    try:
+        dataset = load_dataset(builder, data_files=[file], split="train")
+    except Exception as error:  # arrow / json parse errors surface as many exception types
+        raise VdrError(f"Cannot read data file '{file}' as {builder}: {type(error).__name__}: {error}") from None
+    if optional_images:
+        image_columns = [column for column in image_columns if column in dataset.column_names]
+    root = Path(image_root) if image_root else Path(file).parent
     # Hard-negative columns are page images by convention, whether or not this run uses them.
     negatives = [c for c in dataset.column_names if c.startswith("negative") and c not in image_columns]
-    return resolve_image_paths(dataset, [*image_columns, *negatives], root, source.path)
+    return resolve_image_paths(dataset, [*image_columns, *negatives], root, file)
 
 
 def resolve_image_paths(dataset: Dataset, image_columns: list[str], root: Path, where: str) -> Dataset:
@@ -185,8 +201,7 @@ def ensure_generated_pages(num_rows: int, seed: int, cache_dir: str | Path | Non
     staging = Path(tempfile.mkdtemp(prefix=".pages-", dir=target.parent))
     try:
         dataset.save_to_disk(str(staging / "data"))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging / "data", target)
+        publish(staging / "data", target, marker="state.json")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -211,8 +226,46 @@ def carve_eval_split(dataset: Dataset, size: float, seed: int) -> tuple[Dataset,
     test_size: int | float = int(size) if size >= 1 else size
     if (isinstance(test_size, int) and test_size >= len(dataset)) or test_size <= 0:
         raise VdrError(f"eval_split_size={size} leaves no training rows out of {len(dataset)}. Use a smaller value.")
-    split = dataset.train_test_split(test_size=test_size, seed=seed, shuffle=True)
+    try:
+        split = dataset.train_test_split(test_size=test_size, seed=seed, shuffle=True)
+    except ValueError as error:  # e.g. a fraction that rounds to no rows on one side
+        raise VdrError(f"eval_split_size={size} cannot split {len(dataset)} rows: {error}") from None
     return split["train"], split["test"]
+
+
+@dataclass(frozen=True)
+class PageRef:
+    """A page image kept encoded (its file bytes or path) until it is used.
+
+    Decoding a whole corpus up front would hold every full-size page in memory at once; a ``PageRef`` is decoded
+    by whoever needs its pixels (a preprocessing worker), and the full-size pixels are freed right after.
+    """
+
+    data: bytes | None = None
+    path: str | None = None
+
+    def open(self) -> PILImage.Image:
+        return PILImage.open(io.BytesIO(self.data) if self.data is not None else self.path)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        with self.open() as image:  # reads the header only
+            return image.size
+
+
+def page_refs(dataset: Dataset, column: str) -> list[PageRef]:
+    """The pages of an image (or image-path) column, not decoded."""
+    if isinstance(dataset.features[column], Image):
+        encoded = dataset.cast_column(column, Image(decode=False))[column]
+        return [PageRef(item["bytes"], item["path"]) for item in encoded]
+    return [PageRef(path=path) for path in dataset[column]]
+
+
+def open_page(page: PageRef | PILImage.Image | str) -> PILImage.Image:
+    """Pixels of a page given as a ``PageRef``, a PIL image or a file path."""
+    if isinstance(page, PageRef):
+        return page.open()
+    return PILImage.open(page) if isinstance(page, str) else page
 
 
 @dataclass
@@ -228,6 +281,11 @@ class RetrievalData:
         """Binary relevance (grade > 0), in the form ``InformationRetrievalEvaluator`` takes."""
         return {qid: {cid for cid, grade in docs.items() if grade > 0} for qid, docs in self.qrels.items()}
 
+    def with_opened_pages(self) -> RetrievalData:
+        """The same set with every page decoded to a PIL image (what Sentence Transformers' evaluator takes)."""
+        corpus = {cid: open_page(page) for cid, page in self.corpus.items()}
+        return RetrievalData(self.queries, corpus, self.qrels, self.fingerprint)
+
 
 def retrieval_from_rows(dataset: Dataset, query: str, positive: str, negatives: list[str], where: str) -> RetrievalData:
     """The reference recipe's evaluation set: corpus = positives plus every negative column.
@@ -238,9 +296,9 @@ def retrieval_from_rows(dataset: Dataset, query: str, positive: str, negatives: 
     require_columns(dataset, [query, positive, *negatives], where)
     num_rows = len(dataset)
     queries = dict(enumerate(dataset[query]))
-    corpus = dict(enumerate(dataset[positive]))
+    corpus = dict(enumerate(page_refs(dataset, positive)))
     for k, column in enumerate(negatives):
-        corpus.update({num_rows * (k + 1) + i: page for i, page in enumerate(dataset[column])})
+        corpus.update({num_rows * (k + 1) + i: page for i, page in enumerate(page_refs(dataset, column))})
     qrels = {i: {i: 1.0} for i in range(num_rows)}
     fingerprint = f"rows:{getattr(dataset, '_fingerprint', '')}:{query}:{positive}:{','.join(negatives)}"
     return RetrievalData(queries=queries, corpus=corpus, qrels=qrels, fingerprint=fingerprint)
@@ -248,7 +306,7 @@ def retrieval_from_rows(dataset: Dataset, query: str, positive: str, negatives: 
 
 def load_training_data(args: DataArguments, seed: int) -> tuple[Dataset, Dataset | None]:
     """The training rows (only the columns the loss reads) and the evaluation rows (all columns), if any."""
-    image_columns = [args.positive_column, *args.negative_columns]
+    image_columns = [args.positive_column, *args.negative_columns, *(args.eval_negative_columns or [])]
     load_options = {
         "image_root": args.image_root,
         "num_generated_rows": args.num_generated_rows,
@@ -259,7 +317,7 @@ def load_training_data(args: DataArguments, seed: int) -> tuple[Dataset, Dataset
     eval_rows = None
     if args.eval_dataset:
         eval_source = DataSource(args.eval_dataset, args.eval_dataset_config, args.eval_split)
-        eval_rows = load_rows(eval_source, [args.positive_column], **load_options)
+        eval_rows = load_rows(eval_source, [args.positive_column, *(args.eval_negative_columns or [])], **load_options)
     elif args.eval_split_size:
         train_rows, eval_rows = carve_eval_split(train_rows, args.eval_split_size, seed)
     train_rows = _first_rows(train_rows, args.max_train_samples)
@@ -273,48 +331,6 @@ def _first_rows(dataset: Dataset | None, limit: int | None) -> Dataset | None:
     if dataset is None or limit is None or limit >= len(dataset):
         return dataset
     return dataset.select(range(limit))
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One evaluation dataset: where it is, its layout, and its column names."""
-
-    path: str
-    name: str
-    config: str | None = None
-    split: str | None = None  # default: "train" for rows, "test" for Hub BEIR sets
-    layout: str = "auto"  # "rows", "beir" or "auto"
-    query_column: str = "query"
-    positive_column: str = "image"
-    negative_columns: tuple[str, ...] | None = None  # default: every negative* column
-
-    @classmethod
-    def parse(cls, spec: str) -> DatasetSpec:
-        """Parse ``PATH`` or ``key=value,key=value`` (``negative_columns`` joined by ``+``)."""
-        if "=" not in spec:
-            return cls(path=spec, name=_default_name(spec, None))
-        values: dict[str, Any] = {}
-        for item in spec.split(","):
-            key, _, value = item.partition("=")
-            key = key.strip()
-            if key not in DATASET_SPEC_KEYS:
-                close = [k for k in DATASET_SPEC_KEYS if k.startswith(key[:3])]
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise VdrError(
-                    f"Unknown key '{key}' in --dataset '{spec}'.{hint} Valid keys: {', '.join(DATASET_SPEC_KEYS)}."
-                )
-            values[key] = tuple(value.split("+")) if key == "negative_columns" else value.strip()
-        if "path" not in values:
-            raise VdrError(f"--dataset '{spec}' has no path=... entry.")
-        if values.get("layout", "auto") not in ("auto", "rows", "beir"):
-            raise VdrError(f"--dataset '{spec}': layout must be rows, beir or auto.")
-        values.setdefault("name", _default_name(values["path"], values.get("config")))
-        return cls(**values)
-
-
-def _default_name(path: str, config: str | None) -> str:
-    base = Path(path.rstrip("/")).name if not path.startswith("generated:") else path.split(":", 1)[1]
-    return f"{base}-{config}" if config else base
 
 
 def load_retrieval_data(
@@ -334,7 +350,8 @@ def load_retrieval_data(
         data = load_beir_folder(Path(spec.path), spec.name) if Path(spec.path).is_dir() else _load_beir_hub(spec)
     else:
         source = DataSource(spec.path, spec.config, spec.split or "train")
-        rows = load_rows(source, [spec.positive_column], image_root=image_root, **generated)
+        image_columns = [spec.positive_column, *(spec.negative_columns or [])]
+        rows = load_rows(source, image_columns, image_root=image_root, **generated)
         negatives = negative_columns_of(rows, list(spec.negative_columns) if spec.negative_columns else None)
         data = retrieval_from_rows(rows, spec.query_column, spec.positive_column, negatives, f"Dataset '{spec.name}'")
     check_retrieval_data(data, spec.name)
@@ -347,7 +364,7 @@ def _layout(spec: DatasetSpec) -> str:
     folder = Path(spec.path)
     if folder.is_dir():
         return "beir" if all(_beir_part_path(folder, part) for part in BEIR_PARTS) else "rows"
-    if spec.path.startswith("generated:") or _looks_like_path(spec.path):
+    if spec.path.startswith("generated:") or looks_like_local_path(spec.path):
         return "rows"
     try:
         from datasets import get_dataset_config_names
@@ -371,11 +388,9 @@ def load_beir_folder(folder: Path, name: str) -> RetrievalData:
         path = _beir_part_path(folder, part)
         if path is None:
             raise VdrError(f"Dataset '{name}': '{folder}' has no {part} (a {part}/ folder or {part}.parquet/.jsonl).")
-        source = DataSource(str(path))
-        image_columns = (
-            [_pick(load_rows(source, []), CORPUS_IMAGE_COLUMNS, f"{name} corpus")] if part == "corpus" else []
-        )
-        parts[part] = load_rows(source, image_columns, image_root=str(folder))
+        # Corpus image paths are resolved (and checked) against the BEIR folder; no other part holds images.
+        image_columns = list(CORPUS_IMAGE_COLUMNS) if part == "corpus" else []
+        parts[part] = load_rows(DataSource(str(path)), image_columns, image_root=str(folder), optional_images=True)
     return beir_retrieval_data(parts["corpus"], parts["queries"], parts["qrels"], name)
 
 
@@ -397,7 +412,7 @@ def _pick(dataset: Dataset, candidates: tuple[str, ...], where: str) -> str:
 def beir_retrieval_data(corpus: Dataset, queries: Dataset, qrels: Dataset, name: str) -> RetrievalData:
     """Build ``RetrievalData`` from BEIR-style corpus / queries / qrels tables (graded scores kept)."""
     corpus_ids = corpus[_pick(corpus, CORPUS_ID_COLUMNS, f"Dataset '{name}' corpus")]
-    images = corpus[_pick(corpus, CORPUS_IMAGE_COLUMNS, f"Dataset '{name}' corpus")]
+    images = page_refs(corpus, _pick(corpus, CORPUS_IMAGE_COLUMNS, f"Dataset '{name}' corpus"))
     query_ids = queries[_pick(queries, QUERY_ID_COLUMNS, f"Dataset '{name}' queries")]
     texts = queries[_pick(queries, QUERY_TEXT_COLUMNS, f"Dataset '{name}' queries")]
     judged = {}

@@ -15,14 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "DEFAULT_METRICS",
     "METRIC_NAMES",
     "rank_documents",
     "retrieval_metrics",
-    "truncate_and_normalize",
 ]
 
 DEFAULT_METRICS: tuple[str, ...] = (
@@ -306,14 +304,3 @@ def retrieval_metrics(
 # --------------------------------------------------------------------------------------------------------------------
 # Matryoshka truncation
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def truncate_and_normalize(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
-    """Keep the first ``dim`` coordinates of each embedding (last axis) and L2-normalise it (Matryoshka truncation).
-
-    All-zero rows stay zero instead of becoming NaN (``F.normalize`` clamps the norm at 1e-12).
-    """
-    full_dim = embeddings.shape[-1] if embeddings.ndim else 0
-    if not 1 <= dim <= full_dim:
-        raise ValueError(f"truncation dim must be between 1 and the embedding size {full_dim}, got {dim}")
-    return F.normalize(embeddings[..., :dim], p=2, dim=-1)

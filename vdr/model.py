@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from sentence_transformers.sentence_transformer.model_card import SentenceTransf
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 from sentence_transformers.util.file_io import is_sentence_transformer_model
 
-from vdr.config import ModelArguments
+from vdr.config import ModelArguments, looks_like_local_path
 from vdr.errors import VdrError
 from vdr.tiny_model import TINY_MODEL_ID, ensure_tiny_qwen3_vl
 
@@ -32,7 +34,7 @@ def resolve_model_path(model_name_or_path: str) -> str:
     """Map the offline tiny model's name to its cached folder; check that a local path exists."""
     if model_name_or_path == TINY_MODEL_ID:
         return str(ensure_tiny_qwen3_vl())
-    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
+    looks_local = looks_like_local_path(model_name_or_path)
     if looks_local and not Path(model_name_or_path).expanduser().exists():
         raise VdrError(
             f"Model path '{model_name_or_path}' does not exist. Give a local model folder, a Hub model id such "
@@ -117,17 +119,35 @@ def set_prompts(model: SentenceTransformer, query_prompt: str | None, document_p
         model.prompts["document"] = document_prompt
 
 
+@contextmanager
+def full_dimension(model: SentenceTransformer) -> Iterator[SentenceTransformer]:
+    """Temporarily drop the model's default ``truncate_dim`` (saved models carry one), to get full embeddings."""
+    saved, model.truncate_dim = model.truncate_dim, None
+    try:
+        yield model
+    finally:
+        model.truncate_dim = saved
+
+
 def embedding_dimension(model: SentenceTransformer) -> int:
     """The model's full (untruncated) embedding dimension."""
-    truncate_dim, model.truncate_dim = model.truncate_dim, None
-    try:
+    with full_dimension(model):
         return model.get_embedding_dimension()
-    finally:
-        model.truncate_dim = truncate_dim
+
+
+def check_dims(dims: Sequence[int], model: SentenceTransformer, what: str) -> list[int]:
+    """Dims must lie between 1 and the model's embedding dimension; returned largest first, without repeats."""
+    full = embedding_dimension(model)
+    bad = [dim for dim in dims if not 1 <= dim <= full]
+    if bad:
+        raise VdrError(
+            f"{what} {bad} cannot be produced: the model's embeddings have {full} dimensions. Choose values between "
+            f"1 and {full}."
+        )
+    return sorted(set(dims), reverse=True)
 
 
 def check_truncate_dim(model: SentenceTransformer, truncate_dim: int | None) -> None:
     """Fail before training, not after, when the default output dimension cannot be produced."""
-    full = embedding_dimension(model)
-    if truncate_dim is not None and not 1 <= truncate_dim <= full:
-        raise VdrError(f"truncate_dim={truncate_dim} is not between 1 and the model's embedding dimension {full}.")
+    if truncate_dim is not None:
+        check_dims([truncate_dim], model, "truncate_dim")

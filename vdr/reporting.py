@@ -31,7 +31,6 @@ __all__ = [
     "plot_ndcg_by_dim",
     "plot_ndcg_by_model",
     "plot_training_metrics",
-    "records_from_training_metrics",
     "write_results",
 ]
 
@@ -328,22 +327,3 @@ def plot_training_metrics(metrics: dict, path: str | Path, title: str | None = N
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, path)
-
-
-def records_from_training_metrics(metrics: dict, model_name: str) -> list[dict]:
-    """Turn a training run's ``metrics.json`` into result records (base first, then final) for the writers above."""
-    eval_name = metrics.get("eval_name", "eval")
-    records = []
-    for key, name in (("base", f"{model_name} (base)"), ("final", model_name)):
-        for dim, values in (metrics.get(key) or {}).items():
-            records.append(
-                {
-                    "model": name,
-                    "dataset": eval_name,
-                    "dim": int(dim),
-                    "num_queries": None,
-                    "num_documents": None,
-                    "metrics": dict(values),
-                }
-            )
-    return records

@@ -191,8 +191,19 @@ def ensure_tiny_qwen3_vl(cache_dir: str | Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".tiny-qwen3-vl-", dir=target.parent))
     try:
         write_tiny_qwen3_vl(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        publish(staging, target, marker="vdr_tiny_model.json")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def publish(staging: Path, target: Path, marker: str) -> None:
+    """Move a finished build into place. If another process (a second GPU rank, say) published the same build
+    first, keep theirs; a stale, unfinished folder (no ``marker`` file) is replaced."""
+    if target.exists() and not (target / marker).exists():
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        staging.rename(target)
+    except OSError:
+        if not (target / marker).exists():
+            raise

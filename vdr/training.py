@@ -63,7 +63,8 @@ def set_training_prompts(
     if "query" in model.prompts:
         prompts[data.query_column] = model.prompts["query"]
     if "document" in model.prompts:
-        for column in [data.positive_column, *data.negative_columns]:
+        # eval negatives too: the trainer's eval loss reads every negative column of the evaluation rows
+        for column in [data.positive_column, *data.negative_columns, *(data.eval_negative_columns or [])]:
             prompts[column] = model.prompts["document"]
     args.prompts = prompts or None
 
@@ -106,23 +107,26 @@ def _summary(eval_name: str, metric: str, base: dict, final: dict) -> str:
     return f"{metric.upper()} on {eval_name} (dim {dim}): {before}{final[dim][metric]:.4f}"
 
 
-def push_to_hub(model: SentenceTransformer, final_dir: Path, repo_id: str | None) -> None:
-    """Push with Sentence Transformers' own ``push_to_hub`` (model card included); never raise."""
+def push_to_hub(model: SentenceTransformer, final_dir: Path, args: SentenceTransformerTrainingArguments) -> None:
+    """Push the saved final model with Sentence Transformers' own ``push_to_hub`` (model card included), to
+    ``--hub_model_id`` (default: the run name), honouring ``--hub_private_repo`` and ``--hub_token``. Never raises:
+    the local copy is already saved, so a failure is reported with the command that retries it."""
+    repo_id = args.hub_model_id or args.run_name
     if not repo_id:
         logger.error("--push_to_hub needs --hub_model_id (or --run_name); the model is saved in %s.", final_dir)
         return
     try:
-        url = model.push_to_hub(repo_id)
+        url = model.push_to_hub(
+            repo_id,
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            local_model_path=str(final_dir),
+            exist_ok=True,  # a repo left by an earlier, failed push is reused, not an error
+        )
         logger.info("Pushed the final model to %s", url)
     except Exception as error:  # network, auth, quota: the local copy is safe, so report and go on
         logger.error(
             "Pushing to the Hub as '%s' failed (%s: %s). The model is saved in %s; to retry: `hf auth login`, then "
-            'python -c "from sentence_transformers import SentenceTransformer; '
-            "SentenceTransformer('%s').push_to_hub('%s')\"",
-            repo_id,
-            type(error).__name__,
-            error,
-            final_dir,
-            final_dir,
-            repo_id,
-        )
+            "`hf upload %s %s`",
+            repo_id, type(error).__name__, error, final_dir, repo_id, final_dir,
+        )  # fmt: skip

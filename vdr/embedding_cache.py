@@ -1,0 +1,111 @@
+"""An on-disk cache of full-dimension embeddings, so re-running an evaluation or adding a model computes only
+what is new.
+
+An entry's key covers everything that changes the embeddings: the model's content (every file's bytes for a
+local model, the commit for a Hub id), the dataset's content (its fingerprint, and the size and modification
+time of page files referenced by path), the loading settings (dtype, pixels, prompts, attention), the library
+versions and this cache's format version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vdr.data import PageRef, RetrievalData
+
+logger = logging.getLogger(__name__)
+
+#: Bump when what is stored, or how it is computed, changes.
+CACHE_FORMAT_VERSION = 1
+
+
+class EmbeddingCache:
+    """Embedding tensors stored as ``<folder>/<hash of the key>.pt``; ``folder=None`` turns caching off."""
+
+    def __init__(self, folder: str | Path | None):
+        self.folder = Path(folder) if folder else None
+
+    def path(self, key: dict[str, Any]) -> Path | None:
+        if self.folder is None:
+            return None
+        key = {**key, "format": CACHE_FORMAT_VERSION, "versions": library_versions()}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return self.folder / f"{digest}.pt"
+
+    def load(self, key: dict[str, Any], rows: int) -> torch.Tensor | None:
+        """The cached embeddings for ``key``, if present, readable and of ``rows`` rows."""
+        path = self.path(key)
+        if path is None or not path.exists():
+            return None
+        try:
+            embeddings = torch.load(path, weights_only=True)
+        except Exception:  # a truncated or foreign file: recompute rather than fail
+            logger.warning("Ignoring unreadable cached embeddings %s", path)
+            return None
+        return embeddings if embeddings.ndim == 2 and embeddings.shape[0] == rows else None
+
+    def save(self, key: dict[str, Any], embeddings: torch.Tensor) -> None:
+        path = self.path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        torch.save(embeddings, temporary)
+        temporary.replace(path)  # atomic: a killed run never leaves a half-written entry
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that compute embeddings (also recorded in results and run configs)."""
+    import datasets
+    import sentence_transformers
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "datasets": datasets.__version__,
+    }
+
+
+def model_fingerprint(model_path: str, revision: str | None = None) -> str:
+    """Identify a model by content: for a folder, the hash of every file but the model card (a few seconds for
+    multi-GB weights, small next to loading them; any change to any weight changes it); for a Hub id, the id
+    and the commit its revision points to."""
+    folder = Path(model_path).expanduser()
+    if not folder.is_dir():
+        return f"hub:{model_path}@{_hub_commit(model_path, revision)}"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "README.md"):
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(8 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hub_commit(model_id: str, revision: str | None) -> str:
+    """The commit a Hub revision points to now, so an updated Hub model is not served stale embeddings."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(model_id, revision=revision).sha or (revision or "main")
+    except Exception:  # offline, or a private model without a token: fall back to the revision's name
+        return revision or "main"
+
+
+def dataset_fingerprint(data: RetrievalData) -> str:
+    """The dataset's fingerprint plus the size and modification time of every page file it references by path
+    (a dataset of image paths keeps its fingerprint when an image file is replaced in place)."""
+    digest = hashlib.sha256(data.fingerprint.encode())
+    for page in data.corpus.values():
+        if isinstance(page, PageRef) and page.data is None and page.path:
+            stat = Path(page.path).stat()
+            digest.update(f"{page.path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
