@@ -55,38 +55,23 @@ def path_dataset(tmp_path, generated_rows):
     return tmp_path, rows
 
 
+def train_on_jsonl(folder, rows, *extra: str, env_cache) -> subprocess.CompletedProcess:
+    """Run the quickstart on ``rows`` written as a JSON-lines file (two rows held out for evaluation)."""
+    Dataset.from_list(rows).to_json(str(folder / "train.jsonl"))
+    data = ["--train_dataset", str(folder / "train.jsonl"), "--eval_split_size", "2"]
+    return run_train(
+        "--config", "configs/quickstart.yaml", *data, "--output_dir", str(folder / "out"), *extra, env_cache=env_cache
+    )
+
+
 def test_missing_column(path_dataset, vdr_cache):
     folder, rows = path_dataset
-    Dataset.from_list(rows).to_json(str(folder / "train.jsonl"))
-    result = run_train(
-        "--config",
-        "configs/quickstart.yaml",
-        "--train_dataset",
-        str(folder / "train.jsonl"),
-        "--eval_split_size",
-        "2",
-        "--query_column",
-        "question",
-        "--output_dir",
-        str(folder / "out"),
-        env_cache=vdr_cache,
-    )
+    result = train_on_jsonl(folder, rows, "--query_column", "question", env_cache=vdr_cache)
     assert_clean_error(result, "has no column 'question' (its columns are: query, image, negative_0)")
 
 
 def test_unreadable_image(path_dataset, vdr_cache):
     folder, rows = path_dataset
     (folder / "image-2.png").write_bytes(b"\x89PNG broken")
-    Dataset.from_list(rows).to_json(str(folder / "train.jsonl"))
-    result = run_train(
-        "--config",
-        "configs/quickstart.yaml",
-        "--train_dataset",
-        str(folder / "train.jsonl"),
-        "--eval_split_size",
-        "2",
-        "--output_dir",
-        str(folder / "out"),
-        env_cache=vdr_cache,
-    )
+    result = train_on_jsonl(folder, rows, env_cache=vdr_cache)
     assert_clean_error(result, f"row 2, column 'image': image file '{folder / 'image-2.png'}' cannot be read")
