@@ -177,3 +177,19 @@ def test_eval_negative_columns_with_any_name_are_loaded_as_images(tmp_path, gene
     train, eval_rows = load_training_data(args, seed=0)
     assert train.column_names == ["query", "image"]
     assert isinstance(eval_rows.features["hard_page"], Image)
+
+
+def test_separate_eval_file_may_have_negatives_the_training_file_lacks(tmp_path, generated_rows):
+    rows = write_images(generated_rows[:4], tmp_path / "pages")
+    Dataset.from_list([{k: v for k, v in row.items() if k != "negative_0"} for row in rows]).to_json(
+        str(tmp_path / "train.jsonl")
+    )
+    Dataset.from_list(rows).to_json(str(tmp_path / "eval.jsonl"))
+    args = DataArguments(
+        train_dataset=str(tmp_path / "train.jsonl"),
+        eval_dataset=str(tmp_path / "eval.jsonl"),
+        negative_columns=[],
+        eval_negative_columns=["negative_0"],
+    )
+    train, eval_rows = load_training_data(args, seed=0)
+    assert train.column_names == ["query", "image"] and isinstance(eval_rows.features["negative_0"], Image)

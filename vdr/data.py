@@ -306,7 +306,12 @@ def retrieval_from_rows(dataset: Dataset, query: str, positive: str, negatives: 
 
 def load_training_data(args: DataArguments, seed: int) -> tuple[Dataset, Dataset | None]:
     """The training rows (only the columns the loss reads) and the evaluation rows (all columns), if any."""
-    image_columns = [args.positive_column, *args.negative_columns, *(args.eval_negative_columns or [])]
+    eval_image_columns = [args.positive_column, *(args.eval_negative_columns or [])]
+    # The training source holds the evaluation's negatives only when the eval split is carved from it.
+    carved = not args.eval_dataset and args.eval_split_size
+    image_columns = [
+        *dict.fromkeys([args.positive_column, *args.negative_columns, *(eval_image_columns if carved else [])])
+    ]
     load_options = {
         "image_root": args.image_root,
         "num_generated_rows": args.num_generated_rows,
@@ -317,7 +322,7 @@ def load_training_data(args: DataArguments, seed: int) -> tuple[Dataset, Dataset
     eval_rows = None
     if args.eval_dataset:
         eval_source = DataSource(args.eval_dataset, args.eval_dataset_config, args.eval_split)
-        eval_rows = load_rows(eval_source, [args.positive_column, *(args.eval_negative_columns or [])], **load_options)
+        eval_rows = load_rows(eval_source, eval_image_columns, **load_options)
     elif args.eval_split_size:
         train_rows, eval_rows = carve_eval_split(train_rows, args.eval_split_size, seed)
     train_rows = _first_rows(train_rows, args.max_train_samples)
