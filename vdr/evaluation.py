@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -269,8 +270,6 @@ def known_matryoshka_dims(model_path: str) -> list[int] | None:
             raise VdrError(f"'{info}' is not a valid training record ({error}); pass --truncate_dims.") from None
     card = folder / "README.md" if folder.is_dir() else _hub_model_card(model_path)
     if card is not None and card.is_file():
-        import re
-
         match = re.search(r'"matryoshka_dims":\s*\[([\d,\s]+)\]', card.read_text(errors="ignore"))
         if match:
             return [int(dim) for dim in match.group(1).split(",")]
