@@ -87,7 +87,10 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
         try:
             model = load_for_evaluation(candidate, loading)
             dims = evaluation_dims(model, candidate, args.truncate_dims)
-            fingerprint = model_fingerprint(resolve_model_path(candidate.path), loading.revision)
+            # Hashing every model file takes seconds for a 2B model: only the cache needs it.
+            fingerprint = (
+                model_fingerprint(resolve_model_path(candidate.path), loading.revision) if cache.folder else None
+            )
             cache_key = {"model": fingerprint, "loading": vars(loading)}
             model_records, stats = score_model(
                 model, candidate, datasets, dims, args.batch_size, preprocessor, cache, cache_key
