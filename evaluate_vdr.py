@@ -7,7 +7,8 @@ embeddings are cached on disk, so re-running or adding a model computes only wha
 Usage:
     # Offline: the quickstart's output against its base model, on generated pages in both dataset layouts
     python evaluate_vdr.py --model outputs/quickstart --model generated:tiny-qwen3-vl \\
-        --dataset generated:pages --dataset generated:pages-beir --max_pixels 36864
+        --dataset generated:pages --dataset generated:pages-beir --max_pixels 36864 \\
+            --num_generated_rows 64 --generated_seed 1
 
     # The reference recipe's eval set (rows layout: query, image, negative_0..3)
     python evaluate_vdr.py --model models/Qwen3-VL-Embedding-2B-vdr --model Qwen/Qwen3-VL-Embedding-2B \\
@@ -35,15 +36,16 @@ from typing import Any
 
 import torch
 
+from vdr.cache import default_cache_dir
 from vdr.config import ConfigParser, EvaluateArguments, ModelLoadingArguments
 from vdr.data import DatasetSpec, load_retrieval_data
-from vdr.embedding_cache import EmbeddingCache, library_versions, model_fingerprint
+from vdr.embedding_cache import EmbeddingCache, model_fingerprint
 from vdr.errors import VdrError, run_cli
 from vdr.evaluation import evaluation_dims, expand_models, load_for_evaluation, read_training_metrics, score_model
 from vdr.model import resolve_model_path
 from vdr.preprocessing import PagePreprocessor
+from vdr.provenance import library_versions
 from vdr.reporting import markdown_table, plot_ndcg_by_dim, plot_ndcg_by_model, plot_training_metrics, write_results
-from vdr.tiny_model import default_cache_dir
 
 logger = logging.getLogger("evaluate_vdr")
 
@@ -65,7 +67,7 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
         raise VdrError(f"Two --dataset entries share a name ({', '.join(names)}); give each a distinct name=...")
     datasets = {}
     for spec in specs:
-        datasets[spec.name] = load_retrieval_data(spec, args.image_root, args.num_generated_rows, args.generated_seed)
+        datasets[spec.name] = load_retrieval_data(spec, args)
         logger.info(
             "Dataset %s: %d queries, %d pages",
             spec.name,
@@ -146,7 +148,7 @@ def write_outputs(
         "models": models,
         "datasets": [vars(spec) for spec in specs],
         "settings": {"loading": vars(loading), "evaluation": vars(args)},
-        "versions": {"python": sys.version.split()[0], **library_versions()},
+        "versions": library_versions(),
         "wall_seconds": round(time.perf_counter() - start, 2),
     }
     write_results(output_dir, records, metadata)

@@ -27,12 +27,13 @@ import sys
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
 
-from vdr.config import ConfigParser, DataArguments, EvaluationArguments, LossArguments, ModelArguments, write_run_config
-from vdr.data import load_training_data, negative_columns_of, retrieval_from_rows, training_columns
+from vdr.config import ConfigParser, DataArguments, EvaluationArguments, LossArguments, ModelArguments
+from vdr.data import load_training_data
 from vdr.errors import run_cli
-from vdr.evaluation import build_ir_evaluator, evaluate_dims, format_dims_table, presize_corpus
+from vdr.evaluation import build_training_evaluation, evaluate_dims, format_dims_table
 from vdr.loss import build_loss
 from vdr.model import build_model, check_truncate_dim
+from vdr.provenance import write_run_config
 from vdr.training import (
     check_output_dir,
     push_to_hub,
@@ -84,21 +85,17 @@ def main(
     set_training_prompts(training_args, model, data_args)
 
     # 5. Evaluator: NDCG@10 of the base model, during training, and at every Matryoshka dim at the end
-    evaluator = eval_data = eval_loss_dataset = None
+    evaluation = None
     base_scores: dict = {}
     if eval_rows is not None:
-        eval_negatives = negative_columns_of(eval_rows, data_args.eval_negative_columns)
-        eval_data = retrieval_from_rows(
-            eval_rows, data_args.query_column, data_args.positive_column, eval_negatives, "Evaluation data"
+        evaluation = build_training_evaluation(
+            model, eval_rows, data_args, eval_args.eval_name, eval_args.evaluator_batch_size
         )
-        eval_data = presize_corpus(model, eval_data)  # once per run, not at every evaluation
-        eval_loss_dataset = training_columns(
-            eval_rows, data_args.query_column, data_args.positive_column, eval_negatives, "Evaluation data"
-        )
-        evaluator = build_ir_evaluator(eval_data, eval_args.eval_name, eval_args.evaluator_batch_size)
-        logger.info("Evaluation: %d queries, %d pages", len(eval_data.queries), len(eval_data.corpus))
+        logger.info("Evaluation: %d queries, %d pages", len(evaluation.data.queries), len(evaluation.data.corpus))
         if eval_args.evaluate_base_model:
-            base_scores = evaluate_dims(model, eval_data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size)
+            base_scores = evaluate_dims(
+                model, evaluation.data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size
+            )
             logger.info("Base model:\n%s", format_dims_table({"base": base_scores}))
 
     # 6. Trainer
@@ -106,9 +103,9 @@ def main(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        eval_dataset=eval_loss_dataset,
+        eval_dataset=evaluation.loss_dataset if evaluation else None,
         loss=loss,
-        evaluator=evaluator,
+        evaluator=evaluation.evaluator if evaluation else None,
     )
     trainer.train(resume_from_checkpoint=resume_checkpoint)
 
@@ -119,8 +116,8 @@ def main(
 
     # 8. Final evaluation at every Matryoshka dimension, from one encoding of the corpus, and metrics.json
     final_scores: dict = {}
-    if eval_data is not None:
-        final_scores = evaluate_dims(model, eval_data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size)
+    if evaluation is not None:
+        final_scores = evaluate_dims(model, evaluation.data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size)
         logger.info("Before and after training:\n%s", format_dims_table({"base": base_scores, "final": final_scores}))
     metrics = write_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
     print(metrics["summary"])

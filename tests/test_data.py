@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict, Image
 
-from vdr.config import DataArguments
+from vdr.config import DataArguments, SourceArguments
 from vdr.data import (
-    DataSource,
+    DatasetSpec,
     carve_eval_split,
     load_rows,
     load_training_data,
@@ -57,7 +57,8 @@ def test_hard_negatives_look_like_their_page_but_differ():
 
 
 def test_generated_source_is_cached_on_disk(vdr_cache):
-    dataset = load_rows(DataSource(GENERATED_PAGES_ID), COLUMNS, num_generated_rows=6, generated_seed=1)
+    options = SourceArguments(num_generated_rows=6, generated_seed=1)
+    dataset = load_rows(DatasetSpec(GENERATED_PAGES_ID), COLUMNS, options)
     assert len(dataset) == 6 and isinstance(dataset.features["image"], Image)
     assert any(path.name.startswith("pages-") for path in vdr_cache.iterdir())
 
@@ -67,15 +68,15 @@ def test_save_to_disk_folder_with_splits(tmp_path, generated_rows):
         {"train": Dataset.from_list(generated_rows[:8]), "test": Dataset.from_list(generated_rows[8:])}
     )
     splits.save_to_disk(str(tmp_path / "saved"))
-    assert len(load_rows(DataSource(str(tmp_path / "saved"), split="test"), COLUMNS)) == 4
+    assert len(load_rows(DatasetSpec(str(tmp_path / "saved"), split="test"), COLUMNS)) == 4
     with pytest.raises(VdrError, match="has no split 'validation' .*train, test"):
-        load_rows(DataSource(str(tmp_path / "saved"), split="validation"), COLUMNS)
+        load_rows(DatasetSpec(str(tmp_path / "saved"), split="validation"), COLUMNS)
 
 
 def test_parquet_with_relative_image_paths(tmp_path, generated_rows):
     rows = write_images(generated_rows[:4], tmp_path / "pages")
     Dataset.from_list(rows).to_parquet(str(tmp_path / "train.parquet"))
-    dataset = load_rows(DataSource(str(tmp_path / "train.parquet")), COLUMNS)
+    dataset = load_rows(DatasetSpec(str(tmp_path / "train.parquet")), COLUMNS)
     assert isinstance(dataset.features["negative_0"], Image)
     assert dataset[2]["image"].tobytes() == generated_rows[2]["image"].convert("RGB").tobytes()
 
@@ -86,7 +87,8 @@ def test_jsonl_glob_with_image_root(tmp_path, generated_rows):
     for part in range(2):
         lines = "\n".join(json.dumps(row) for row in rows[part * 2 : part * 2 + 2])
         (tmp_path / "data" / f"part-{part}.jsonl").write_text(lines)
-    dataset = load_rows(DataSource(str(tmp_path / "data" / "*.jsonl")), COLUMNS, image_root=str(tmp_path / "root"))
+    options = SourceArguments(image_root=str(tmp_path / "root"))
+    dataset = load_rows(DatasetSpec(str(tmp_path / "data" / "*.jsonl")), COLUMNS, options)
     assert len(dataset) == 4 and dataset[3]["query"] == rows[3]["query"]
 
 
@@ -95,7 +97,7 @@ def test_missing_image_file_names_row_column_and_path(tmp_path, generated_rows):
     rows[1]["negative_0"] = "pages/missing.png"
     Dataset.from_list(rows).to_json(str(tmp_path / "train.jsonl"))
     with pytest.raises(VdrError, match=r"row 1, column 'negative_0': image file '.*missing\.png' does not exist"):
-        load_rows(DataSource(str(tmp_path / "train.jsonl")), COLUMNS)
+        load_rows(DatasetSpec(str(tmp_path / "train.jsonl")), COLUMNS)
 
 
 def test_unreadable_image_file_is_reported(tmp_path, generated_rows):
@@ -103,16 +105,16 @@ def test_unreadable_image_file_is_reported(tmp_path, generated_rows):
     (tmp_path / "pages" / "image-0.png").write_bytes(b"not a png")
     Dataset.from_list(rows).to_parquet(str(tmp_path / "train.parquet"))
     with pytest.raises(VdrError, match=r"row 0, column 'image': image file '.*image-0\.png' cannot be read"):
-        load_rows(DataSource(str(tmp_path / "train.parquet")), COLUMNS)
+        load_rows(DatasetSpec(str(tmp_path / "train.parquet")), COLUMNS)
 
 
 def test_missing_path_and_mixed_files_are_reported(tmp_path):
     with pytest.raises(VdrError, match="Dataset path './nowhere' does not exist"):
-        load_rows(DataSource("./nowhere"), COLUMNS)
+        load_rows(DatasetSpec("./nowhere"), COLUMNS)
     (tmp_path / "a.parquet").write_bytes(b"")
     (tmp_path / "b.jsonl").write_text("")
     with pytest.raises(VdrError, match="must all be .parquet or all .jsonl"):
-        load_rows(DataSource(str(tmp_path / "*")), COLUMNS)
+        load_rows(DatasetSpec(str(tmp_path / "*")), COLUMNS)
 
 
 def test_missing_column_lists_the_real_columns(generated_rows):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
 from evaluate_vdr import main, make_parser
-from vdr.config import ModelArguments
+from vdr.config import ModelArguments, SourceArguments
 from vdr.data import (
     GENERATED_BEIR_ID,
     DatasetSpec,
@@ -57,7 +57,8 @@ def st_model_dir(tmp_path_factory, vdr_cache) -> Path:
 
 @pytest.fixture(scope="module")
 def pages_data(vdr_cache):
-    return load_retrieval_data(DatasetSpec.parse(GENERATED_PAGES_ID), num_generated_rows=24, generated_seed=4)
+    options = SourceArguments(num_generated_rows=24, generated_seed=4)
+    return load_retrieval_data(DatasetSpec.parse(GENERATED_PAGES_ID), options)
 
 
 def run_evaluate(output_dir: Path, *argv: str) -> dict:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +74,24 @@ class ModelArguments(ModelLoadingArguments):
 
 
 @dataclass
-class DataArguments:
+class SourceArguments:
+    """Options of every data source: where relative image paths point, and the generated pages' size and seed."""
+
+    image_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder that relative image paths in parquet/JSON-lines files are relative to. "
+            "Default: the folder of the file."
+        },
+    )
+    num_generated_rows: int = field(
+        default=256, metadata={"help": "Rows to generate when a source is 'generated:pages' (or pages-beir)."}
+    )
+    generated_seed: int = field(default=0, metadata={"help": "Seed of the generated pages."})
+
+
+@dataclass
+class DataArguments(SourceArguments):
     """Where the (query, page image, hard negatives) rows come from."""
 
     train_dataset: str = field(
@@ -114,18 +130,6 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
-    image_root: str | None = field(
-        default=None,
-        metadata={
-            "help": "Folder that relative image paths in parquet/JSON-lines files are relative to. "
-            "Default: the folder of the file."
-        },
-    )
-    num_generated_rows: int = field(
-        default=256, metadata={"help": "Rows to generate when a source is 'generated:pages'."}
-    )
-    generated_seed: int = field(default=0, metadata={"help": "Seed of the generated pages."})
-
     def __post_init__(self):
         if self.eval_split_size < 0:
             raise ValueError(f"eval_split_size must be 0 or more, got {self.eval_split_size}.")
@@ -166,51 +170,6 @@ class EvaluationArguments:
     eval_name: str = field(default="vdr-eval", metadata={"help": "Name of the evaluator (prefixes the metrics)."})
     evaluator_batch_size: int = field(default=16, metadata={"help": "Encoding batch size of the retrieval evaluator."})
     evaluate_base_model: bool = field(default=True, metadata={"help": "Score the model before training."})
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One evaluation dataset: where it is, its layout, and its column names."""
-
-    path: str
-    name: str
-    config: str | None = None
-    split: str | None = None  # default: "train" for rows, "test" for Hub BEIR sets
-    layout: str = "auto"  # "rows", "beir" or "auto"
-    query_column: str = "query"
-    positive_column: str = "image"
-    negative_columns: tuple[str, ...] | None = None  # default: every negative* column
-
-    @classmethod
-    def parse(cls, spec: str) -> DatasetSpec:
-        """Parse ``PATH`` or ``key=value,key=value`` (``negative_columns`` joined by ``+``)."""
-        if "=" not in spec:
-            return cls(path=spec, name=_default_name(spec, None))
-        values: dict[str, Any] = {}
-        for item in spec.split(","):
-            key, _, value = item.partition("=")
-            key = key.strip()
-            if key not in DATASET_SPEC_KEYS:
-                close = difflib.get_close_matches(key, DATASET_SPEC_KEYS, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise VdrError(
-                    f"Unknown key '{key}' in --dataset '{spec}'.{hint} Valid keys: {', '.join(DATASET_SPEC_KEYS)}."
-                )
-            values[key] = tuple(value.split("+")) if key == "negative_columns" else value.strip()
-        if "path" not in values:
-            raise VdrError(f"--dataset '{spec}' has no path=... entry.")
-        if values.get("layout", "auto") not in ("auto", "rows", "beir"):
-            raise VdrError(f"--dataset '{spec}': layout must be rows, beir or auto.")
-        values.setdefault("name", _default_name(values["path"], values.get("config")))
-        return cls(**values)
-
-
-def _default_name(path: str, config: str | None) -> str:
-    base = Path(path.rstrip("/")).name if not path.startswith("generated:") else path.split(":", 1)[1]
-    return f"{base}-{config}" if config else base
-
-
-DATASET_SPEC_KEYS = tuple(f.name for f in fields(DatasetSpec))
 
 
 def looks_like_local_path(value: str) -> bool:
@@ -319,23 +278,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def write_run_config(output_dir: str | Path, arguments: Sequence[Any], argv: Sequence[str]) -> Path:
-    """Write the resolved arguments, the command and library versions to ``output_dir/run_config.json``."""
-    from vdr.embedding_cache import library_versions  # imports torch: only when a run config is written
-
-    record: dict[str, Any] = {"command": list(argv)}
-    for arguments_group in arguments:
-        as_dict = arguments_group.to_dict() if hasattr(arguments_group, "to_dict") else asdict(arguments_group)
-        record[type(arguments_group).__name__] = as_dict
-    record["versions"] = {"python": sys.version.split()[0], **library_versions()}
-    path = Path(output_dir) / "run_config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str))
-    return path
-
-
 @dataclass
-class EvaluateArguments:
+class EvaluateArguments(SourceArguments):
     """What evaluate_vdr.py scores, and how."""
 
     model: list[str] = field(
@@ -376,12 +320,6 @@ class EvaluateArguments:
         default=4096,
         metadata={"help": "Memory budget (MB) for resized pages kept for the next model; beyond it pages are redone."},
     )
-    image_root: str | None = field(
-        default=None, metadata={"help": "Folder that relative image paths in data files are relative to."}
-    )
-    num_generated_rows: int = field(default=64, metadata={"help": "Rows of 'generated:pages' datasets."})
-    generated_seed: int = field(default=1, metadata={"help": "Seed of 'generated:pages' datasets."})
-
     def __post_init__(self):
         if not self.model:
             raise ValueError("give at least one --model")

@@ -11,22 +11,21 @@ Sources, all returning a ``datasets.Dataset``:
 
 from __future__ import annotations
 
+import difflib
 import glob
 import io
 import logging
-import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, Image, concatenate_datasets, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
-from vdr.config import DataArguments, DatasetSpec, looks_like_local_path
+from vdr.cache import build_once, default_cache_dir
+from vdr.config import DataArguments, SourceArguments, looks_like_local_path
 from vdr.errors import VdrError
 from vdr.pages import GENERATED_PAGES_ID, generate_rows
-from vdr.tiny_model import default_cache_dir, publish
 
 logger = logging.getLogger(__name__)
 
@@ -44,38 +43,77 @@ SCORE_COLUMNS = ("score", "relevance", "grade", "label")
 
 
 @dataclass(frozen=True)
-class DataSource:
-    """One place rows come from: a Hub id, a folder, file(s), or ``generated:pages``."""
+class DatasetSpec:
+    """One data source (a Hub id, a save_to_disk folder, data file(s) or ``generated:pages``): where it is, its
+    layout and column names, and the name results are reported under."""
 
     path: str
     config: str | None = None
-    split: str = "train"
+    split: str | None = None  # default: "train" for rows, "test" for Hub BEIR sets
+    name: str = ""  # default: from the path (and config)
+    layout: str = "auto"  # "rows", "beir" or "auto"
+    query_column: str = "query"
+    positive_column: str = "image"
+    negative_columns: tuple[str, ...] | None = None  # default: every negative* column
+
+    @classmethod
+    def parse(cls, spec: str) -> DatasetSpec:
+        """Parse ``PATH`` or ``key=value,key=value`` (``negative_columns`` joined by ``+``)."""
+        if "=" not in spec:
+            return cls(path=spec)
+        values: dict[str, Any] = {}
+        for item in spec.split(","):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in DATASET_SPEC_KEYS:
+                close = difflib.get_close_matches(key, DATASET_SPEC_KEYS, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise VdrError(
+                    f"Unknown key '{key}' in --dataset '{spec}'.{hint} Valid keys: {', '.join(DATASET_SPEC_KEYS)}."
+                )
+            values[key] = tuple(value.split("+")) if key == "negative_columns" else value.strip()
+        if "path" not in values:
+            raise VdrError(f"--dataset '{spec}' has no path=... entry.")
+        if values.get("layout", "auto") not in ("auto", "rows", "beir"):
+            raise VdrError(f"--dataset '{spec}': layout must be rows, beir or auto.")
+        return cls(**values)
+
+    def __post_init__(self):
+        if not self.name:
+            object.__setattr__(self, "name", _default_name(self.path, self.config))
 
     def __str__(self) -> str:
-        parts = [self.path] + ([f"config={self.config}"] if self.config else []) + [f"split={self.split}"]
+        parts = [self.path] + [f"{key}={getattr(self, key)}" for key in ("config", "split") if getattr(self, key)]
         return " ".join(parts)
 
 
+def _default_name(path: str, config: str | None) -> str:
+    base = Path(path.rstrip("/")).name if not path.startswith("generated:") else path.split(":", 1)[1]
+    return f"{base}-{config}" if config else base
+
+
+DATASET_SPEC_KEYS = tuple(f.name for f in fields(DatasetSpec))
+
+
 def load_rows(
-    source: DataSource,
+    source: DatasetSpec,
     image_columns: list[str],
-    image_root: str | None = None,
-    num_generated_rows: int = 256,
-    generated_seed: int = 0,
+    options: SourceArguments | None = None,
     optional_images: bool = False,
 ) -> Dataset:
     """Load ``source`` as a ``Dataset`` whose ``image_columns`` are ``datasets.Image`` features.
 
     With ``optional_images``, image columns the source does not have are skipped instead of reported.
     """
+    options = options or SourceArguments()
     if source.path == GENERATED_PAGES_ID:
-        return load_from_disk(str(ensure_generated_pages(num_generated_rows, generated_seed)))
+        return load_from_disk(str(ensure_generated_pages(options.num_generated_rows, options.generated_seed)))
     local = Path(source.path).expanduser()
     if local.is_dir() and _is_saved_dataset(local):
         return _select_split(load_from_disk(str(local)), source)
     files = sorted(glob.glob(str(local))) if any(ch in source.path for ch in "*?[") else [str(local)]
     if files and all(Path(f).is_file() for f in files):
-        return _load_files(files, source, image_columns, image_root, optional_images)
+        return _load_files(files, source, image_columns, options.image_root, optional_images)
     if local.is_dir():
         return _load_hub_or_folder(source)
     if looks_like_local_path(source.path):
@@ -90,20 +128,21 @@ def _is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").exists() or (folder / "state.json").exists()
 
 
-def _select_split(dataset: Dataset | DatasetDict, source: DataSource) -> Dataset:
+def _select_split(dataset: Dataset | DatasetDict, source: DatasetSpec) -> Dataset:
     if isinstance(dataset, Dataset):
         return dataset
-    if source.split not in dataset:
+    split = source.split or "train"
+    if split not in dataset:
         raise VdrError(
-            f"Dataset '{source.path}' has no split '{source.split}' (it has: {', '.join(dataset)}). "
+            f"Dataset '{source.path}' has no split '{split}' (it has: {', '.join(dataset)}). "
             "Set the split argument to one of those."
         )
-    return dataset[source.split]
+    return dataset[split]
 
 
-def _load_hub_or_folder(source: DataSource) -> Dataset:
+def _load_hub_or_folder(source: DatasetSpec) -> Dataset:
     try:
-        return load_dataset(source.path, source.config, split=source.split)
+        return load_dataset(source.path, source.config, split=source.split or "train")
     except Exception as error:  # datasets raises many types (hub, network, config, split errors)
         raise VdrError(
             f"Could not load dataset '{source.path}' (config={source.config}, split={source.split}): "
@@ -113,7 +152,7 @@ def _load_hub_or_folder(source: DataSource) -> Dataset:
 
 
 def _load_files(
-    files: list[str], source: DataSource, image_columns: list[str], image_root: str | None, optional_images: bool
+    files: list[str], source: DatasetSpec, image_columns: list[str], image_root: str | None, optional_images: bool
 ) -> Dataset:
     suffixes = {Path(f).suffix for f in files}
     builders = {FILE_BUILDERS.get(suffix) for suffix in suffixes}
@@ -189,22 +228,25 @@ def require_columns(dataset: Dataset, columns: list[str], where: str) -> None:
 def ensure_generated_pages(num_rows: int, seed: int, cache_dir: str | Path | None = None) -> Path:
     """Generate ``num_rows`` rows of document pages once, save them with ``save_to_disk``, return the folder."""
     target = Path(cache_dir or default_cache_dir()) / f"pages-v{GENERATED_PAGES_VERSION}-n{num_rows}-seed{seed}"
-    if _is_saved_dataset(target):
-        return target
-    logger.info("Generating %d rows of document pages in %s (once; later runs reuse them)", num_rows, target)
-    rows = generate_rows(num_rows, seed=seed)
-    dataset = Dataset.from_list(rows)
-    for column in dataset.column_names:
-        if column != "query":
-            dataset = dataset.cast_column(column, Image())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".pages-", dir=target.parent))
+
+    def build(staging: Path) -> None:
+        logger.info("Generating %d rows of document pages in %s (once; later runs reuse them)", num_rows, target)
+        dataset = Dataset.from_list(generate_rows(num_rows, seed=seed))
+        for column in dataset.column_names:
+            if column != "query":
+                dataset = dataset.cast_column(column, Image())
+        dataset.save_to_disk(str(staging))
+
+    return build_once(target, "state.json", build, lambda folder: _loads_with_rows(folder, num_rows))
+
+
+def _loads_with_rows(folder: Path, num_rows: int) -> bool:
+    """Whether a cached save_to_disk folder still loads, whole (a deleted or truncated file fails here)."""
     try:
-        dataset.save_to_disk(str(staging / "data"))
-        publish(staging / "data", target, marker="state.json")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        dataset = load_from_disk(str(folder))
+        return len(dataset) == num_rows and dataset.data.num_rows == num_rows
+    except Exception:
+        return False
 
 
 def negative_columns_of(dataset: Dataset, configured: list[str] | None) -> list[str]:
@@ -312,17 +354,12 @@ def load_training_data(args: DataArguments, seed: int) -> tuple[Dataset, Dataset
     image_columns = [
         *dict.fromkeys([args.positive_column, *args.negative_columns, *(eval_image_columns if carved else [])])
     ]
-    load_options = {
-        "image_root": args.image_root,
-        "num_generated_rows": args.num_generated_rows,
-        "generated_seed": args.generated_seed,
-    }
-    train_source = DataSource(args.train_dataset, args.train_dataset_config, args.train_split)
-    train_rows = load_rows(train_source, image_columns, **load_options)
+    train_source = DatasetSpec(args.train_dataset, args.train_dataset_config, args.train_split)
+    train_rows = load_rows(train_source, image_columns, args)
     eval_rows = None
     if args.eval_dataset:
-        eval_source = DataSource(args.eval_dataset, args.eval_dataset_config, args.eval_split)
-        eval_rows = load_rows(eval_source, eval_image_columns, **load_options)
+        eval_source = DatasetSpec(args.eval_dataset, args.eval_dataset_config, args.eval_split)
+        eval_rows = load_rows(eval_source, eval_image_columns, args)
     elif args.eval_split_size:
         train_rows, eval_rows = carve_eval_split(train_rows, args.eval_split_size, seed)
     train_rows = _first_rows(train_rows, args.max_train_samples)
@@ -338,29 +375,31 @@ def _first_rows(dataset: Dataset | None, limit: int | None) -> Dataset | None:
     return dataset.select(range(limit))
 
 
-def load_retrieval_data(
-    spec: DatasetSpec, image_root: str | None = None, num_generated_rows: int = 64, generated_seed: int = 1
-) -> RetrievalData:
+def load_retrieval_data(spec: DatasetSpec, options: SourceArguments | None = None) -> RetrievalData:
     """Load an evaluation set in either layout and check it (ids, empty corpus)."""
-    generated = {"num_generated_rows": num_generated_rows, "generated_seed": generated_seed}
+    options = options or SourceArguments()
     if spec.path == GENERATED_BEIR_ID:
-        rows = load_rows(DataSource(GENERATED_PAGES_ID), [spec.positive_column], **generated)
-        folder = (
-            default_cache_dir() / f"pages-beir-v{GENERATED_PAGES_VERSION}-n{num_generated_rows}-seed{generated_seed}"
-        )
-        if not (folder / "qrels.jsonl").exists():
-            write_beir(rows, folder)
-        data = load_beir_folder(folder, spec.name)
+        data = load_beir_folder(ensure_generated_beir(options), spec.name)
     elif _layout(spec) == "beir":
         data = load_beir_folder(Path(spec.path), spec.name) if Path(spec.path).is_dir() else _load_beir_hub(spec)
     else:
-        source = DataSource(spec.path, spec.config, spec.split or "train")
         image_columns = [spec.positive_column, *(spec.negative_columns or [])]
-        rows = load_rows(source, image_columns, image_root=image_root, **generated)
+        rows = load_rows(spec, image_columns, options)
         negatives = negative_columns_of(rows, list(spec.negative_columns) if spec.negative_columns else None)
         data = retrieval_from_rows(rows, spec.query_column, spec.positive_column, negatives, f"Dataset '{spec.name}'")
     check_retrieval_data(data, spec.name)
     return data
+
+
+def ensure_generated_beir(options: SourceArguments) -> Path:
+    """The generated pages written once in the BEIR layout (corpus / queries / qrels)."""
+    rows = load_rows(DatasetSpec(GENERATED_PAGES_ID), ["image"], options)
+    name = f"pages-beir-v{GENERATED_PAGES_VERSION}-n{options.num_generated_rows}-seed{options.generated_seed}"
+
+    def is_valid(folder: Path) -> bool:
+        return _loads_with_rows(folder / "corpus", len(rows) * (1 + len(negative_columns_of(rows, None))))
+
+    return build_once(default_cache_dir() / name, "qrels.jsonl", lambda staging: write_beir(rows, staging), is_valid)
 
 
 def _layout(spec: DatasetSpec) -> str:
@@ -395,13 +434,15 @@ def load_beir_folder(folder: Path, name: str) -> RetrievalData:
             raise VdrError(f"Dataset '{name}': '{folder}' has no {part} (a {part}/ folder or {part}.parquet/.jsonl).")
         # Corpus image paths are resolved (and checked) against the BEIR folder; no other part holds images.
         image_columns = list(CORPUS_IMAGE_COLUMNS) if part == "corpus" else []
-        parts[part] = load_rows(DataSource(str(path)), image_columns, image_root=str(folder), optional_images=True)
+        parts[part] = load_rows(
+            DatasetSpec(str(path)), image_columns, SourceArguments(image_root=str(folder)), optional_images=True
+        )
     return beir_retrieval_data(parts["corpus"], parts["queries"], parts["qrels"], name)
 
 
 def _load_beir_hub(spec: DatasetSpec) -> RetrievalData:
     split = spec.split or "test"
-    parts = {part: _load_hub_or_folder(DataSource(spec.path, part, split)) for part in BEIR_PARTS}
+    parts = {part: _load_hub_or_folder(DatasetSpec(spec.path, part, split)) for part in BEIR_PARTS}
     return beir_retrieval_data(parts["corpus"], parts["queries"], parts["qrels"], spec.name)
 
 

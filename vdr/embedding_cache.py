@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from vdr.data import PageRef, RetrievalData
+from vdr.provenance import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +59,6 @@ class EmbeddingCache:
         temporary = path.with_suffix(".tmp")
         torch.save(embeddings, temporary)
         temporary.replace(path)  # atomic: a killed run never leaves a half-written entry
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that compute embeddings (also recorded in results and run configs)."""
-    import datasets
-    import sentence_transformers
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "datasets": datasets.__version__,
-    }
 
 
 def model_fingerprint(model_path: str, revision: str | None = None) -> str:

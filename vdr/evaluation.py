@@ -24,8 +24,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from tqdm.auto import tqdm
 
-from vdr.config import ModelArguments, ModelLoadingArguments
-from vdr.data import RetrievalData
+from vdr.config import DataArguments, ModelArguments, ModelLoadingArguments
+from vdr.data import RetrievalData, negative_columns_of, retrieval_from_rows, training_columns
 from vdr.embedding_cache import EmbeddingCache, dataset_fingerprint
 from vdr.errors import VdrError
 from vdr.metrics import DEFAULT_METRICS, retrieval_metrics
@@ -35,6 +35,32 @@ from vdr.tiny_model import TINY_MODEL_ID
 from vdr.training import FINAL_MODEL_DIR, METRICS_FILE, TRAINING_INFO_FILE
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingEvaluation:
+    """What train_vdr.py evaluates with: the retrieval set (pages resized once), the trainer's evaluator, and
+    the evaluation rows in the loss's column order (for the trainer's eval loss)."""
+
+    data: RetrievalData
+    evaluator: InformationRetrievalEvaluator
+    loss_dataset: Any
+    negative_columns: list[str]
+
+
+def build_training_evaluation(
+    model: SentenceTransformer, eval_rows: Any, data_args: DataArguments, name: str, batch_size: int
+) -> TrainingEvaluation:
+    """The evaluation set of a training run: query ``i`` against the positives and every negative column."""
+    negatives = negative_columns_of(eval_rows, data_args.eval_negative_columns)
+    columns = (data_args.query_column, data_args.positive_column, negatives, "Evaluation data")
+    data = presize_corpus(model, retrieval_from_rows(eval_rows, *columns))  # once per run, not per evaluation
+    return TrainingEvaluation(
+        data=data,
+        evaluator=build_ir_evaluator(data, name, batch_size),
+        loss_dataset=training_columns(eval_rows, *columns),
+        negative_columns=negatives,
+    )
 
 
 def build_ir_evaluator(

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from vdr.cache import build_once, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +20,8 @@ logger = logging.getLogger(__name__)
 TINY_MODEL_ID = "generated:tiny-qwen3-vl"
 #: Bump when the recipe below changes, so cached copies are rebuilt rather than reused.
 TINY_MODEL_VERSION = 1
+TINY_MODEL_MARKER = "vdr_tiny_model.json"  # written last: a folder without it is an unfinished build
+CHECKPOINT_JSON_FILES = ("config.json", "tokenizer.json", "processor_config.json", TINY_MODEL_MARKER)
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -53,11 +54,6 @@ CHAT_TEMPLATE = (
 # (320*320) / (16*16) = 400 patches (100 visual tokens after merging).
 TINY_MIN_PIXELS = 32 * 32
 TINY_MAX_PIXELS = 320 * 320
-
-
-def default_cache_dir() -> Path:
-    """Where generated artefacts (tiny model, generated pages) are cached; ``VDR_CACHE`` overrides it."""
-    return Path(os.environ.get("VDR_CACHE", Path.home() / ".cache" / "vdr-finetune"))
 
 
 def _tokenizer_corpus() -> list[str]:
@@ -173,37 +169,26 @@ def write_tiny_qwen3_vl(output_dir: str | Path, seed: int = 0) -> Path:
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     _build_processor(tokenizer).save_pretrained(output_dir)
-    (output_dir / "vdr_tiny_model.json").write_text(json.dumps({"version": TINY_MODEL_VERSION, "seed": seed}))
+    (output_dir / TINY_MODEL_MARKER).write_text(json.dumps({"version": TINY_MODEL_VERSION, "seed": seed}))
     return output_dir
 
 
 def ensure_tiny_qwen3_vl(cache_dir: str | Path | None = None) -> Path:
-    """Return the path of the cached tiny checkpoint, building it first if it is missing or stale.
-
-    The checkpoint is written to a temporary folder and moved into place, so an interrupted build never
-    leaves a half-written model that later runs would load.
-    """
+    """Return the path of the cached tiny checkpoint, building it first if it is missing, stale or damaged."""
     target = Path(cache_dir or default_cache_dir()) / f"tiny-qwen3-vl-v{TINY_MODEL_VERSION}"
-    if (target / "vdr_tiny_model.json").exists():
-        return target
-    logger.info("Building the tiny offline Qwen3-VL checkpoint in %s (once; later runs reuse it)", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-qwen3-vl-", dir=target.parent))
-    try:
-        write_tiny_qwen3_vl(staging)
-        publish(staging, target, marker="vdr_tiny_model.json")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    if not (target / TINY_MODEL_MARKER).exists():
+        logger.info("Building the tiny offline Qwen3-VL checkpoint in %s (once; later runs reuse it)", target)
+    return build_once(target, TINY_MODEL_MARKER, write_tiny_qwen3_vl, _is_complete_checkpoint)
 
 
-def publish(staging: Path, target: Path, marker: str) -> None:
-    """Move a finished build into place. If another process (a second GPU rank, say) published the same build
-    first, keep theirs; a stale, unfinished folder (no ``marker`` file) is replaced."""
-    if target.exists() and not (target / marker).exists():
-        shutil.rmtree(target, ignore_errors=True)
+def _is_complete_checkpoint(folder: Path) -> bool:
+    """Whether every file of a cached tiny checkpoint is present and parses (weights: their header)."""
+    from safetensors import safe_open
+
     try:
-        staging.rename(target)
-    except OSError:
-        if not (target / marker).exists():
-            raise
+        for name in CHECKPOINT_JSON_FILES:
+            json.loads((folder / name).read_text())
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+            return len(list(weights.keys())) > 0
+    except Exception:  # missing, truncated or garbled: rebuild
+        return False
