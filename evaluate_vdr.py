@@ -8,7 +8,7 @@ Usage:
     # Offline: the quickstart's output against its base model, on generated pages in both dataset layouts
     python evaluate_vdr.py --model outputs/quickstart --model generated:tiny-qwen3-vl \\
         --dataset generated:pages --dataset generated:pages-beir --max_pixels 36864 \\
-            --num_generated_rows 64 --generated_seed 1
+        --num_generated_rows 64 --generated_seed 1
 
     # The reference recipe's eval set (rows layout: query, image, negative_0..3)
     python evaluate_vdr.py --model models/Qwen3-VL-Embedding-2B-vdr --model Qwen/Qwen3-VL-Embedding-2B \\
