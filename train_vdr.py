@@ -27,19 +27,29 @@ import sys
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
 
-from vdr.config import ConfigParser, DataArguments, EvaluationArguments, LossArguments, ModelArguments
+from vdr.config import (
+    ConfigParser,
+    DataArguments,
+    EvaluationArguments,
+    LossArguments,
+    ModelArguments,
+    check_training_run,
+)
 from vdr.data import load_training_data
 from vdr.errors import run_cli
 from vdr.evaluation import build_training_evaluation, evaluate_dims, format_dims_table
 from vdr.loss import build_loss
 from vdr.model import build_model, check_truncate_dim
-from vdr.provenance import write_run_config
+from vdr.provenance import snapshot_arguments, write_run_config
 from vdr.training import (
+    check_enough_rows,
     check_output_dir,
     push_to_hub,
     resolve_resume_checkpoint,
+    resolved_settings,
     save_final_model,
     set_training_prompts,
+    train,
     write_metrics,
 )
 
@@ -62,12 +72,17 @@ def main(
     training_args: SentenceTransformerTrainingArguments,
     argv: list[str] | None = None,
 ) -> dict:
-    # The final model is pushed once, after its local save (step 9), not by the trainer at every checkpoint:
-    # a Hub failure mid-run must not stop training.
-    push_requested, training_args.push_to_hub = training_args.push_to_hub, False
+    # 0. Before anything loads: the arguments, the output folder and the checkpoint to resume from; the run's record
+    check_training_run(model_args, data_args, loss_args, training_args)
     resume_checkpoint = resolve_resume_checkpoint(training_args)
     check_output_dir(training_args.output_dir, resuming=resume_checkpoint is not None)
-    write_run_config(training_args.output_dir, [model_args, data_args, loss_args, eval_args, training_args], argv or [])
+    groups = [model_args, data_args, loss_args, eval_args, training_args]
+    requested = snapshot_arguments(groups)
+    write_run_config(training_args.output_dir, requested, argv or [])
+    # The final model is pushed once, after its local save (step 9), not by the trainer at every checkpoint; the
+    # token is kept out of the arguments the trainer pickles into every checkpoint (training_args.bin).
+    push_requested, hub_token = training_args.push_to_hub, training_args.hub_token
+    training_args.push_to_hub, training_args.hub_token = False, None
 
     # 1. Model: a Sentence Transformers checkpoint as it is, or a VLM with last-token pooling + normalisation
     model = build_model(model_args, SentenceTransformerModelCardData(model_name=training_args.run_name or None))
@@ -76,13 +91,16 @@ def main(
 
     # 2. Dataset: (query, page, hard negatives) rows; evaluation rows hold every negative column
     train_dataset, eval_rows = load_training_data(data_args, seed=training_args.seed)
+    check_enough_rows(len(train_dataset), training_args)
     logger.info("Training rows: %s", train_dataset)
 
     # 3. Loss: MatryoshkaLoss over CachedMultipleNegativesRankingLoss
     loss = build_loss(model, loss_args)
 
-    # 4. Training arguments: parsed as they are; prompts (if any) come from the model's own
-    set_training_prompts(training_args, model, data_args)
+    # 4. Training arguments: parsed as they are; prompts (if any) come from the model's own, for every column
+    set_training_prompts(training_args, model, data_args, eval_rows)
+    resolved = resolved_settings(model, training_args, resume_checkpoint)
+    write_run_config(training_args.output_dir, requested, argv or [], resolved)
 
     # 5. Evaluator: NDCG@10 of the base model, during training, and at every Matryoshka dim at the end
     evaluation = None
@@ -107,7 +125,7 @@ def main(
         loss=loss,
         evaluator=evaluation.evaluator if evaluation else None,
     )
-    trainer.train(resume_from_checkpoint=resume_checkpoint)
+    train(trainer, resume_checkpoint, argv or [])
 
     # 7. Save the final model (with its default truncate_dim) before anything else can fail
     if not trainer.is_world_process_zero():
@@ -124,15 +142,17 @@ def main(
 
     # 9. (Optional) Push to the Hugging Face Hub; a failure keeps the local copy and says how to retry
     if push_requested:
-        push_to_hub(model, final_dir, training_args)
+        push_to_hub(model, final_dir, training_args, hub_token)
     return metrics
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: parse, run, and turn a user's mistake into one message and an exit code."""
+    argv = sys.argv if argv is None else argv
+    run_cli(lambda: main(*make_parser().parse(argv[1:]), argv=argv))
 
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-    def _cli() -> None:
-        main(*make_parser().parse(sys.argv[1:]), argv=sys.argv)
-
-    run_cli(_cli)
+    cli()

@@ -6,7 +6,11 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
+# Before anything imports huggingface_hub, which reads it once at import: a test that reaches for the Hub fails
+# fast instead of hanging, in this process and in every subprocess a test starts.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +21,6 @@ def vdr_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("vdr-cache")
     previous = os.environ.get("VDR_CACHE")
     os.environ["VDR_CACHE"] = str(cache)
-    os.environ["HF_HUB_OFFLINE"] = "1"  # a test that reaches for the Hub fails fast instead of hanging
     yield cache
     if previous is None:
         os.environ.pop("VDR_CACHE", None)

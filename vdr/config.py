@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,7 +39,10 @@ class ModelLoadingArguments:
     )
     torch_dtype: str | None = field(
         default=None,
-        metadata={"help": "Weight dtype: 'bfloat16', 'float16', 'float32' or 'auto'. Default: float32."},
+        metadata={
+            "help": "Weight dtype: 'bfloat16', 'float16', 'float32' or 'auto'. Default: the checkpoint's own dtype "
+            "(transformers 5 loads in the dtype the weights were saved in)."
+        },
     )
     min_pixels: int | None = field(
         default=None, metadata={"help": "Smallest page size in pixels after resizing (processor min_pixels)."}
@@ -133,8 +137,15 @@ class DataArguments(SourceArguments):
     def __post_init__(self):
         if self.eval_split_size < 0:
             raise ValueError(f"eval_split_size must be 0 or more, got {self.eval_split_size}.")
+        if self.eval_split_size > 1 and not float(self.eval_split_size).is_integer():
+            raise ValueError(f"eval_split_size is a row count (>= 1) or a fraction (< 1), got {self.eval_split_size}.")
         if self.eval_dataset and self.eval_split_size:
             raise ValueError("Set either eval_dataset or eval_split_size (to carve one from the training data).")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be 1 or more, got {getattr(self, name)}.")
+        if self.num_generated_rows < 1:
+            raise ValueError(f"num_generated_rows must be 1 or more, got {self.num_generated_rows}.")
 
 
 @dataclass
@@ -170,6 +181,34 @@ class EvaluationArguments:
     eval_name: str = field(default="vdr-eval", metadata={"help": "Name of the evaluator (prefixes the metrics)."})
     evaluator_batch_size: int = field(default=16, metadata={"help": "Encoding batch size of the retrieval evaluator."})
     evaluate_base_model: bool = field(default=True, metadata={"help": "Score the model before training."})
+
+    def __post_init__(self):
+        if self.evaluator_batch_size < 1:
+            raise ValueError(f"evaluator_batch_size must be 1 or more, got {self.evaluator_batch_size}.")
+
+
+def check_training_run(
+    model: ModelArguments, data: DataArguments, loss: LossArguments, training: Any
+) -> None:
+    """Checks that span argument groups, run before anything loads (a mistake must not cost a model load)."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training, name) < 1:
+            raise VdrError(f"--{name} must be 1 or more, got {getattr(training, name)}.")
+    if model.truncate_dim is not None and model.truncate_dim not in loss.matryoshka_dims:
+        raise VdrError(
+            f"--truncate_dim {model.truncate_dim} is not one of the trained matryoshka_dims {loss.matryoshka_dims}: "
+            "the saved model would default to a dimension it was not trained at. Pick one of those dims."
+        )
+    eval_strategy = getattr(training.eval_strategy, "value", training.eval_strategy)
+    if eval_strategy != "no" and not (data.eval_dataset or data.eval_split_size):
+        raise VdrError(
+            f"--eval_strategy {eval_strategy} evaluates during training, but there is no evaluation "
+            "data: set --eval_dataset, or --eval_split_size to hold rows out, or --eval_strategy no."
+        )
+    if Path(training.output_dir).exists() and not Path(training.output_dir).is_dir():
+        raise VdrError(f"--output_dir '{training.output_dir}' is an existing file, not a folder. Choose another path.")
+    if training.push_to_hub and not (training.hub_model_id or training.run_name):
+        raise VdrError("--push_to_hub true needs a repository name: set --hub_model_id you/your-model.")
 
 
 def looks_like_local_path(value: str) -> bool:
@@ -223,15 +262,19 @@ class ConfigParser(HfArgumentParser):
         for key in values:
             if key not in valid:
                 raise self.unknown_key_error(key, str(path))
+        hints = self._type_hints()
         for action in self._actions:
             if action.dest not in values:
                 continue
             action.required = False
-            if action.nargs in ("+", "*") and not isinstance(values[action.dest], list):
-                values[action.dest] = [values[action.dest]]  # "negative_columns: negative_0" means one column
-            if isinstance(values[action.dest], list) and action.type is not None:
-                values[action.dest] = [_convert(action, item) for item in values[action.dest]]
+            values[action.dest] = _yaml_value(action, hints.get(action.dest), values[action.dest], path)
         self.set_defaults(**values)
+
+    def _type_hints(self) -> dict[str, Any]:
+        hints: dict[str, Any] = {}
+        for dtype in self.dataclass_types:
+            hints.update(typing.get_type_hints(dtype))
+        return hints
 
     def _namespace_to_dataclasses(self, namespace: argparse.Namespace) -> tuple[Any, ...]:
         values = vars(namespace)
@@ -247,12 +290,49 @@ class ConfigParser(HfArgumentParser):
         return tuple(outputs)
 
 
-def _convert(action: argparse.Action, value: Any) -> Any:
-    """argparse converts string defaults, not the items of a list default: convert YAML list items the same way."""
+def _yaml_value(action: argparse.Action, hint: Any, value: Any, path: Path) -> Any:
+    """Check a YAML value against its field's type, the way argparse would check the same value given as a flag.
+
+    PyYAML types values itself (``null``, lists, numbers): a value of the wrong kind is named with its file and
+    key here, rather than failing later inside a library.
+    """
+    allowed = _hint_types(hint)
+    where = f"Config file '{path}', key '{action.dest}'"
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise VdrError(f"{where}: null is not allowed; give a value or remove the key to use the default.")
+    is_list_field = action.nargs in ("+", "*")
+    if isinstance(value, dict) and dict not in allowed:
+        raise VdrError(f"{where}: expected a single value, got a mapping {value!r}.")
+    if isinstance(value, list):
+        if not is_list_field and list not in allowed:
+            raise VdrError(f"{where}: expected a single value, got the list {value!r}.")
+        return [_convert(action, item, where) for item in value]
+    if is_list_field:
+        return [_convert(action, value, where)]  # "negative_columns: negative_0" means one column
+    return _convert(action, value, where)
+
+
+def _hint_types(hint: Any) -> set[Any]:
+    """The plain types a field's annotation admits (``int | None`` -> {int, NoneType})."""
+    if hint is None:
+        return {object}
+    return {typing.get_origin(arg) or arg for arg in (typing.get_args(hint) or (hint,))}
+
+
+def _convert(action: argparse.Action, value: Any, where: str) -> Any:
+    """Convert a YAML scalar with the flag's own type function, as argparse converts command-line strings."""
+    if action.type is None or isinstance(value, dict):
+        return value
+    if isinstance(value, bool) and action.type in (int, float):
+        raise VdrError(f"{where}: expected a number, got {value!r}.")
+    if isinstance(value, float) and action.type is int and not value.is_integer():
+        raise VdrError(f"{where}: expected a whole number, got {value!r}.")
     try:
-        return action.type(value) if isinstance(value, str) else value
-    except (TypeError, ValueError) as error:
-        raise VdrError(f"Config value {value!r} for '{action.dest}' is invalid: {error}") from None
+        return action.type(value if isinstance(value, str) else str(value) if action.type is not int else value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+        raise VdrError(f"{where}: {value!r} is not valid ({error}).") from None
 
 
 def _config_path(argv: list[str]) -> Path | None:
@@ -278,6 +358,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+class RepeatableFlag(argparse._ExtendAction):
+    """A repeatable list flag (``--model a --model b``) whose first use on the command line replaces the value
+    from the YAML file instead of adding to it (argparse's ``extend`` appends to its default)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_repeatable_flags_given", set())
+        if self.dest not in given:
+            given.add(self.dest)
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
 @dataclass
 class EvaluateArguments(SourceArguments):
     """What evaluate_vdr.py scores, and how."""
@@ -287,7 +379,7 @@ class EvaluateArguments(SourceArguments):
         metadata={
             "help": "Model(s) to score (repeatable): a Sentence Transformers folder, a train_vdr.py output folder "
             "(its final model), a Hub id, or 'generated:tiny-qwen3-vl'.",
-            "action": "extend",
+            "action": RepeatableFlag,
         },
     )
     dataset: list[str] = field(
@@ -297,7 +389,7 @@ class EvaluateArguments(SourceArguments):
             "'path=tomaarsen/llamaindex-vdr-en-train-preprocessed,config=eval,name=vdr-eval'. Keys: "
             "path, name, config, split, layout (rows: query, image, negative_*; beir: corpus / queries / qrels; "
             "or auto), query_column, positive_column, negative_columns (joined by +).",
-            "action": "extend",
+            "action": RepeatableFlag,
         },
     )
     all_checkpoints: bool = field(

@@ -15,10 +15,13 @@ import difflib
 import glob
 import io
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import datasets
 from datasets import Dataset, DatasetDict, Image, concatenate_datasets, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
@@ -100,32 +103,51 @@ def load_rows(
     image_columns: list[str],
     options: SourceArguments | None = None,
     optional_images: bool = False,
+    query_column: str | None = None,
 ) -> Dataset:
     """Load ``source`` as a ``Dataset`` whose ``image_columns`` are ``datasets.Image`` features.
 
-    With ``optional_images``, image columns the source does not have are skipped instead of reported.
+    With ``optional_images``, image columns the source does not have are skipped instead of reported. With
+    ``query_column``, every query must be a non-empty string (a bad row is named: its line in a JSON-lines file).
     """
     options = options or SourceArguments()
     if source.path == GENERATED_PAGES_ID:
         return load_from_disk(str(ensure_generated_pages(options.num_generated_rows, options.generated_seed)))
     local = Path(source.path).expanduser()
-    if local.is_dir() and _is_saved_dataset(local):
-        return _select_split(load_from_disk(str(local)), source)
-    files = sorted(glob.glob(str(local))) if any(ch in source.path for ch in "*?[") else [str(local)]
+    is_pattern = any(ch in source.path for ch in "*?[")
+    files = sorted(glob.glob(str(local))) if is_pattern else [str(local)]
+    if is_pattern and not files:
+        raise VdrError(f"Dataset pattern '{source.path}' matches no file. Check the folder and the pattern.")
     if files and all(Path(f).is_file() for f in files):
-        return _load_files(files, source, image_columns, options.image_root, optional_images)
-    if local.is_dir():
-        return _load_hub_or_folder(source)
-    if looks_like_local_path(source.path):
+        return _load_files(files, source, image_columns, options.image_root, optional_images, query_column)
+    if local.is_dir() and _is_saved_dataset(local):
+        dataset = _select_split(_load_saved(local), source)
+    elif local.is_dir():
+        dataset = _load_hub_or_folder(source)
+    elif looks_like_local_path(source.path):
         raise VdrError(
             f"Dataset path '{source.path}' does not exist. Give a save_to_disk folder, parquet/JSON-lines "
             f"file(s), a Hub dataset id, or '{GENERATED_PAGES_ID}'."
         )
-    return _load_hub_or_folder(source)
+    else:
+        dataset = _load_hub_or_folder(source)
+    if query_column and query_column in dataset.column_names:
+        check_queries(dataset[query_column], query_column, str(source), [f"row {i}" for i in range(len(dataset))])
+    return dataset
 
 
 def _is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").exists() or (folder / "state.json").exists()
+
+
+def _load_saved(folder: Path) -> Dataset | DatasetDict:
+    try:
+        return load_from_disk(str(folder))
+    except Exception as error:  # a deleted .arrow file, a damaged dataset_info.json / state.json, ...
+        raise VdrError(
+            f"Dataset folder '{folder}' looks like a datasets.save_to_disk folder but cannot be loaded "
+            f"({type(error).__name__}: {error}). It is damaged or incomplete: save it again with save_to_disk."
+        ) from None
 
 
 def _select_split(dataset: Dataset | DatasetDict, source: DatasetSpec) -> Dataset:
@@ -152,7 +174,12 @@ def _load_hub_or_folder(source: DatasetSpec) -> Dataset:
 
 
 def _load_files(
-    files: list[str], source: DatasetSpec, image_columns: list[str], image_root: str | None, optional_images: bool
+    files: list[str],
+    source: DatasetSpec,
+    image_columns: list[str],
+    image_root: str | None,
+    optional_images: bool,
+    query_column: str | None,
 ) -> Dataset:
     suffixes = {Path(f).suffix for f in files}
     builders = {FILE_BUILDERS.get(suffix) for suffix in suffixes}
@@ -163,44 +190,84 @@ def _load_files(
         )
     builder = builders.pop()
     # One file at a time, so that image paths resolve against each file's own folder and errors name the file.
-    parts = [_load_file(builder, file, image_columns, image_root, optional_images) for file in files]
+    parts = [
+        _load_file(builder, file, image_columns, image_root, optional_images, query_column) for file in files
+    ]
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 
 def _load_file(
-    builder: str, file: str, image_columns: list[str], image_root: str | None, optional_images: bool
+    builder: str,
+    file: str,
+    image_columns: list[str],
+    image_root: str | None,
+    optional_images: bool,
+    query_column: str | None,
 ) -> Dataset:
+    if builder == "json" and not _nonblank_line_numbers(file):
+        raise VdrError(f"Data file '{file}' is empty: it holds no rows. Add rows or remove the file.")
     try:
         dataset = load_dataset(builder, data_files=[file], split="train")
     except Exception as error:  # arrow / json parse errors surface as many exception types
         raise VdrError(f"Cannot read data file '{file}' as {builder}: {type(error).__name__}: {error}") from None
+    row_names = _row_names(builder, file, len(dataset))
+    if query_column and query_column in dataset.column_names:
+        check_queries(dataset[query_column], query_column, file, row_names)
     if optional_images:
         image_columns = [column for column in image_columns if column in dataset.column_names]
     root = Path(image_root) if image_root else Path(file).parent
     # Hard-negative columns are page images by convention, whether or not this run uses them.
-    negatives = [c for c in dataset.column_names if c.startswith("negative") and c not in image_columns]
-    return resolve_image_paths(dataset, [*image_columns, *negatives], root, file)
+    negatives = [c for c in page_like_negative_columns(dataset) if c not in image_columns]
+    return resolve_image_paths(dataset, [*image_columns, *negatives], root, file, row_names)
 
 
-def resolve_image_paths(dataset: Dataset, image_columns: list[str], root: Path, where: str) -> Dataset:
+def _nonblank_line_numbers(file: str) -> list[int]:
+    with open(file, encoding="utf-8", errors="replace") as handle:
+        return [number for number, line in enumerate(handle, start=1) if line.strip()]
+
+
+def _row_names(builder: str, file: str, num_rows: int) -> list[str]:
+    """How to name each row in an error: its line for a JSON-lines file (one row per non-blank line), else its
+    0-based row index."""
+    if builder == "json":
+        lines = _nonblank_line_numbers(file)
+        if len(lines) == num_rows:
+            return [f"line {number}" for number in lines]
+    return [f"row {index}" for index in range(num_rows)]
+
+
+def check_queries(queries: list[Any], column: str, where: str, row_names: list[str]) -> None:
+    """Every query must be a non-empty string: a null or blank query would be encoded as an empty text."""
+    for name, query in zip(row_names, queries):
+        if not isinstance(query, str) or not query.strip():
+            raise VdrError(
+                f"{where}: {name}, column '{column}' should hold a non-empty query text, got {query!r}. Fix or "
+                "remove that row."
+            )
+
+
+def resolve_image_paths(
+    dataset: Dataset, image_columns: list[str], root: Path, where: str, row_names: list[str] | None = None
+) -> Dataset:
     """Turn image-path string columns into ``Image`` features, failing clearly on a missing/unreadable file."""
     require_columns(dataset, image_columns, where)
+    row_names = row_names or [f"row {index}" for index in range(len(dataset))]
     for column in image_columns:
         if isinstance(dataset.features[column], Image):
             continue
-        paths = [_check_image(value, root, column, row, where) for row, value in enumerate(dataset[column])]
+        paths = [_check_image(value, root, column, name, where) for name, value in zip(row_names, dataset[column])]
         dataset = dataset.remove_columns(column).add_column(column, paths).cast_column(column, Image())
     return dataset
 
 
-def _check_image(value: Any, root: Path, column: str, row: int, where: str) -> str:
+def _check_image(value: Any, root: Path, column: str, row_name: str, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise VdrError(f"{where}: row {row}, column '{column}' should hold an image file path, got {value!r}.")
+        raise VdrError(f"{where}: {row_name}, column '{column}' should hold an image file path, got {value!r}.")
     path = Path(value).expanduser()
     path = path if path.is_absolute() else root / path
     if not path.is_file():
         raise VdrError(
-            f"{where}: row {row}, column '{column}': image file '{path}' does not exist. Paths are relative to "
+            f"{where}: {row_name}, column '{column}': image file '{path}' does not exist. Paths are relative to "
             f"'{root}'; set --image_root if they are relative to another folder."
         )
     try:
@@ -208,10 +275,21 @@ def _check_image(value: Any, root: Path, column: str, row: int, where: str) -> s
             image.verify()
     except Exception as error:
         raise VdrError(
-            f"{where}: row {row}, column '{column}': image file '{path}' cannot be read as an image "
+            f"{where}: {row_name}, column '{column}': image file '{path}' cannot be read as an image "
             f"({type(error).__name__}: {error}). Replace or remove that row."
         ) from None
     return str(path)
+
+
+def page_like_negative_columns(dataset: Dataset) -> list[str]:
+    """Columns named ``negative*`` that can hold pages (images or path strings): a numeric ``negative_score``
+    column is not a page."""
+    return [name for name in dataset.column_names if name.startswith("negative") and _holds_pages(dataset, name)]
+
+
+def _holds_pages(dataset: Dataset, column: str) -> bool:
+    feature = dataset.features[column]
+    return isinstance(feature, Image) or getattr(feature, "dtype", None) in ("string", "large_string")
 
 
 def require_columns(dataset: Dataset, columns: list[str], where: str) -> None:
@@ -253,7 +331,7 @@ def negative_columns_of(dataset: Dataset, configured: list[str] | None) -> list[
     """The configured hard-negative columns, or every column whose name starts with 'negative'."""
     if configured is not None:
         return list(configured)
-    return [column for column in dataset.column_names if column.startswith("negative")]
+    return page_like_negative_columns(dataset)
 
 
 def training_columns(dataset: Dataset, query: str, positive: str, negatives: list[str], where: str) -> Dataset:
@@ -263,13 +341,28 @@ def training_columns(dataset: Dataset, query: str, positive: str, negatives: lis
     return dataset.select_columns(columns)
 
 
+@contextmanager
+def caching_outside_the_data_folder() -> Iterator[None]:
+    """``datasets`` writes the index files of a split beside the dataset's own files, i.e. into the user's data
+    folder (which may be read-only or shared). With caching off it uses a temporary folder instead; the split
+    itself is the same. (``keep_in_memory=True`` is refused by ``train_test_split`` for on-disk datasets.)"""
+    was_enabled = datasets.is_caching_enabled()
+    datasets.disable_caching()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_caching()
+
+
 def carve_eval_split(dataset: Dataset, size: float, seed: int) -> tuple[Dataset, Dataset]:
     """Hold ``size`` rows (>= 1) or a ``size`` fraction (< 1) of ``dataset`` out for evaluation."""
     test_size: int | float = int(size) if size >= 1 else size
     if (isinstance(test_size, int) and test_size >= len(dataset)) or test_size <= 0:
         raise VdrError(f"eval_split_size={size} leaves no training rows out of {len(dataset)}. Use a smaller value.")
     try:
-        split = dataset.train_test_split(test_size=test_size, seed=seed, shuffle=True)
+        with caching_outside_the_data_folder():
+            split = dataset.train_test_split(test_size=test_size, seed=seed, shuffle=True)
     except ValueError as error:  # e.g. a fraction that rounds to no rows on one side
         raise VdrError(f"eval_split_size={size} cannot split {len(dataset)} rows: {error}") from None
     return split["train"], split["test"]
@@ -355,11 +448,11 @@ def load_training_data(args: DataArguments, seed: int) -> tuple[Dataset, Dataset
         *dict.fromkeys([args.positive_column, *args.negative_columns, *(eval_image_columns if carved else [])])
     ]
     train_source = DatasetSpec(args.train_dataset, args.train_dataset_config, args.train_split)
-    train_rows = load_rows(train_source, image_columns, args)
+    train_rows = load_rows(train_source, image_columns, args, query_column=args.query_column)
     eval_rows = None
     if args.eval_dataset:
         eval_source = DatasetSpec(args.eval_dataset, args.eval_dataset_config, args.eval_split)
-        eval_rows = load_rows(eval_source, eval_image_columns, args)
+        eval_rows = load_rows(eval_source, eval_image_columns, args, query_column=args.query_column)
     elif args.eval_split_size:
         train_rows, eval_rows = carve_eval_split(train_rows, args.eval_split_size, seed)
     train_rows = _first_rows(train_rows, args.max_train_samples)
@@ -384,7 +477,7 @@ def load_retrieval_data(spec: DatasetSpec, options: SourceArguments | None = Non
         data = load_beir_folder(Path(spec.path), spec.name) if Path(spec.path).is_dir() else _load_beir_hub(spec)
     else:
         image_columns = [spec.positive_column, *(spec.negative_columns or [])]
-        rows = load_rows(spec, image_columns, options)
+        rows = load_rows(spec, image_columns, options, query_column=spec.query_column)
         negatives = negative_columns_of(rows, list(spec.negative_columns) if spec.negative_columns else None)
         data = retrieval_from_rows(rows, spec.query_column, spec.positive_column, negatives, f"Dataset '{spec.name}'")
     check_retrieval_data(data, spec.name)

@@ -62,15 +62,20 @@ def arguments_as_dict(arguments: Any) -> dict[str, Any]:
     return values
 
 
+def snapshot_arguments(groups: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Every argument group as requested, keyed by its class name, taken before the run changes any of them."""
+    return {type(group).__name__: arguments_as_dict(group) for group in groups}
+
+
 def write_run_config(
-    output_dir: str | Path, arguments: Sequence[Any], argv: Sequence[str], resolved: dict[str, Any] | None = None
+    output_dir: str | Path,
+    requested: dict[str, dict[str, Any]],
+    argv: Sequence[str],
+    resolved: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``output_dir/run_config.json``: the command, every argument as requested, what the run resolved
-    (prompts, the checkpoint it resumes from, push settings...) and the library versions."""
-    record: dict[str, Any] = {"command": redact_command(argv)}
-    for group in arguments:
-        record[type(group).__name__] = arguments_as_dict(group)
-    record["resolved"] = resolved or {}
+    """Write ``output_dir/run_config.json``: the command, every argument as requested (``snapshot_arguments``),
+    what the run resolved them to (prompts per column, ...) and the library versions."""
+    record: dict[str, Any] = {"command": redact_command(argv), **requested, "resolved": resolved or {}}
     record["versions"] = library_versions()
     path = Path(output_dir) / RUN_CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
+from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from vdr.config import DataArguments
-from vdr.errors import VdrError
+from vdr.data import negative_columns_of
+from vdr.errors import Interrupted, PushFailed, VdrError
+from vdr.provenance import redact_command
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +45,18 @@ def resolve_resume_checkpoint(args: SentenceTransformerTrainingArguments) -> str
 
 
 def check_output_dir(output_dir: str, resuming: bool) -> None:
-    """Refuse to start a fresh run over an earlier run's checkpoints or final model (they would be lost)."""
+    """Refuse to start a fresh run over an earlier run's checkpoints or final model (they would be lost), and to
+    resume a run that already finished (it would rewrite its final model and metrics)."""
     folder = Path(output_dir)
-    if resuming or not folder.is_dir():
+    if not folder.is_dir():
+        return
+    if resuming:
+        if (folder / FINAL_MODEL_DIR).is_dir() and (folder / METRICS_FILE).is_file():
+            raise VdrError(
+                f"The run in '{output_dir}' already finished ({FINAL_MODEL_DIR}/ and {METRICS_FILE} are written); "
+                "resuming would overwrite them. Evaluate it with evaluate_vdr.py, or train further into a new "
+                "--output_dir with --model_name_or_path pointing at its final/ folder."
+            )
         return
     earlier = sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint-") or p.name == FINAL_MODEL_DIR)
     if earlier:
@@ -54,19 +67,81 @@ def check_output_dir(output_dir: str, resuming: bool) -> None:
 
 
 def set_training_prompts(
-    args: SentenceTransformerTrainingArguments, model: SentenceTransformer, data: DataArguments
+    args: SentenceTransformerTrainingArguments,
+    model: SentenceTransformer,
+    data: DataArguments,
+    eval_rows: Dataset | None = None,
 ) -> None:
-    """Give the trainer the model's query/document prompts per column, unless ``--prompts`` was set."""
+    """Give the trainer the model's query/document prompts per column, unless ``--prompts`` was set.
+
+    The evaluation rows' negative columns (auto-detected ones too) get the document prompt: the trainer's eval
+    loss reads every one of them.
+    """
     if args.prompts or not model.prompts:
         return
+    eval_negative_columns = negative_columns_of(eval_rows, data.eval_negative_columns) if eval_rows else []
     prompts = {}
     if "query" in model.prompts:
         prompts[data.query_column] = model.prompts["query"]
     if "document" in model.prompts:
-        # eval negatives too: the trainer's eval loss reads every negative column of the evaluation rows
-        for column in [data.positive_column, *data.negative_columns, *(data.eval_negative_columns or [])]:
+        for column in [data.positive_column, *data.negative_columns, *eval_negative_columns]:
             prompts[column] = model.prompts["document"]
     args.prompts = prompts or None
+
+
+def train(trainer: Any, resume_checkpoint: str | None, argv: list[str]) -> None:
+    """``trainer.train``, with Ctrl-C turned into a clean stop that names the checkpoint to resume from and the
+    exact command (checkpoints already written are kept as they are)."""
+    try:
+        trainer.train(resume_from_checkpoint=resume_checkpoint)
+    except KeyboardInterrupt:
+        output_dir = trainer.args.output_dir
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if last is None:
+            raise Interrupted(
+                f"Training was interrupted before its first checkpoint; '{output_dir}' holds nothing to resume."
+            ) from None
+        raise Interrupted(
+            f"Training was interrupted. The newest checkpoint is '{last}'; continue from it with:\n  "
+            f"{resume_command(argv)}"
+        ) from None
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this run: the same arguments plus ``--resume_from_checkpoint last``."""
+    kept, skip_next = [], False
+    for arg in redact_command(argv):
+        if skip_next:
+            skip_next = False
+        elif arg == "--resume_from_checkpoint":
+            skip_next = True
+        elif not arg.startswith("--resume_from_checkpoint="):
+            kept.append(arg)
+    return " ".join(shlex.quote(arg) for arg in ["python", *kept, "--resume_from_checkpoint", "last"])
+
+
+def check_enough_rows(num_rows: int, args: SentenceTransformerTrainingArguments) -> None:
+    """Refuse a run with fewer rows than one optimizer step takes: its only step would run at a warmup learning
+    rate of 0 (or nearly) and leave the model unchanged."""
+    step_rows = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if num_rows < step_rows:
+        raise VdrError(
+            f"The training data has {num_rows} rows, fewer than one optimizer step takes ({step_rows} = "
+            f"per_device_train_batch_size {args.per_device_train_batch_size} x gradient_accumulation_steps "
+            f"{args.gradient_accumulation_steps} x {args.world_size} device(s)). Add rows or lower the batch size."
+        )
+
+
+def resolved_settings(
+    model: SentenceTransformer, args: SentenceTransformerTrainingArguments, resume_checkpoint: str | None
+) -> dict[str, Any]:
+    """What the run resolved beyond its arguments: prompts per column, the model's stored prompts, and the
+    checkpoint it resumed from."""
+    return {
+        "prompts_per_column": args.prompts,
+        "model_prompts": dict(model.prompts),
+        "resumed_from_checkpoint": resume_checkpoint,
+    }
 
 
 def save_final_model(
@@ -107,26 +182,24 @@ def _summary(eval_name: str, metric: str, base: dict, final: dict) -> str:
     return f"{metric.upper()} on {eval_name} (dim {dim}): {before}{final[dim][metric]:.4f}"
 
 
-def push_to_hub(model: SentenceTransformer, final_dir: Path, args: SentenceTransformerTrainingArguments) -> None:
+def push_to_hub(
+    model: SentenceTransformer, final_dir: Path, args: SentenceTransformerTrainingArguments, token: str | None
+) -> None:
     """Push the saved final model with Sentence Transformers' own ``push_to_hub`` (model card included), to
-    ``--hub_model_id`` (default: the run name), honouring ``--hub_private_repo`` and ``--hub_token``. Never raises:
-    the local copy is already saved, so a failure is reported with the command that retries it."""
+    ``--hub_model_id`` (default: the run name), honouring ``--hub_private_repo``. The local copy is already saved,
+    so a failure raises ``PushFailed`` with the command that retries it; nothing is lost."""
     repo_id = args.hub_model_id or args.run_name
-    if not repo_id:
-        logger.error("--push_to_hub needs --hub_model_id (or --run_name); the model is saved in %s.", final_dir)
-        return
     try:
         url = model.push_to_hub(
             repo_id,
-            token=args.hub_token,
+            token=token,
             private=args.hub_private_repo,
             local_model_path=str(final_dir),
             exist_ok=True,  # a repo left by an earlier, failed push is reused, not an error
         )
         logger.info("Pushed the final model to %s", url)
-    except Exception as error:  # network, auth, quota: the local copy is safe, so report and go on
-        logger.error(
-            "Pushing to the Hub as '%s' failed (%s: %s). The model is saved in %s; to retry: `hf auth login`, then "
-            "`hf upload %s %s`",
-            repo_id, type(error).__name__, error, final_dir, repo_id, final_dir,
-        )  # fmt: skip
+    except Exception as error:  # network, auth, quota: the local copy is safe; say how to retry
+        raise PushFailed(
+            f"Pushing to the Hub as '{repo_id}' failed ({type(error).__name__}: {error}). The model is saved in "
+            f"{final_dir}; to retry: `hf auth login`, then `hf upload {repo_id} {final_dir}`."
+        ) from None
