@@ -74,4 +74,4 @@ def test_unreadable_image(path_dataset, vdr_cache):
     folder, rows = path_dataset
     (folder / "image-2.png").write_bytes(b"\x89PNG broken")
     result = train_on_jsonl(folder, rows, env_cache=vdr_cache)
-    assert_clean_error(result, f"row 2, column 'image': image file '{folder / 'image-2.png'}' cannot be read")
+    assert_clean_error(result, f"line 3, column 'image': image file '{folder / 'image-2.png'}' cannot be read")

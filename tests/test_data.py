@@ -14,6 +14,7 @@ from vdr.data import (
     carve_eval_split,
     load_rows,
     load_training_data,
+    negative_columns_of,
     retrieval_from_rows,
     training_columns,
 )
@@ -56,11 +57,22 @@ def test_hard_negatives_look_like_their_page_but_differ():
     assert row["negative_0"].getpixel((2, 2)) == positive.getpixel((2, 2))
 
 
-def test_generated_source_is_cached_on_disk(vdr_cache):
+def test_generated_source_is_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("VDR_CACHE", str(tmp_path))  # an empty cache: only this call can have written it
     options = SourceArguments(num_generated_rows=6, generated_seed=1)
     dataset = load_rows(DatasetSpec(GENERATED_PAGES_ID), COLUMNS, options)
     assert len(dataset) == 6 and isinstance(dataset.features["image"], Image)
-    assert any(path.name.startswith("pages-") for path in vdr_cache.iterdir())
+    assert [path.name for path in tmp_path.iterdir()] == ["pages-v1-n6-seed1"]
+
+
+def test_a_numeric_negative_column_is_not_a_page_column(tmp_path, generated_rows):
+    rows = write_images(generated_rows[:2], tmp_path / "pages")
+    for row in rows:
+        row["negative_score"] = 0.5
+    Dataset.from_list(rows).to_json(str(tmp_path / "train.jsonl"))
+    dataset = load_rows(DatasetSpec(str(tmp_path / "train.jsonl")), COLUMNS)
+    assert dataset.features["negative_score"].dtype == "float64"
+    assert negative_columns_of(dataset, None) == ["negative_0"]
 
 
 def test_save_to_disk_folder_with_splits(tmp_path, generated_rows):
@@ -92,11 +104,12 @@ def test_jsonl_glob_with_image_root(tmp_path, generated_rows):
     assert len(dataset) == 4 and dataset[3]["query"] == rows[3]["query"]
 
 
-def test_missing_image_file_names_row_column_and_path(tmp_path, generated_rows):
+def test_missing_image_file_names_line_column_and_path(tmp_path, generated_rows):
     rows = write_images(generated_rows[:3], tmp_path / "pages")
     rows[1]["negative_0"] = "pages/missing.png"
     Dataset.from_list(rows).to_json(str(tmp_path / "train.jsonl"))
-    with pytest.raises(VdrError, match=r"row 1, column 'negative_0': image file '.*missing\.png' does not exist"):
+    # row index 1 is line 2 of the JSON-lines file
+    with pytest.raises(VdrError, match=r"line 2, column 'negative_0': image file '.*missing\.png' does not exist"):
         load_rows(DatasetSpec(str(tmp_path / "train.jsonl")), COLUMNS)
 
 

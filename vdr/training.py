@@ -79,7 +79,10 @@ def set_training_prompts(
     """
     if args.prompts or not model.prompts:
         return
-    eval_negative_columns = negative_columns_of(eval_rows, data.eval_negative_columns) if eval_rows else []
+    if eval_rows is not None:
+        eval_negative_columns = negative_columns_of(eval_rows, data.eval_negative_columns)
+    else:
+        eval_negative_columns = data.eval_negative_columns or []
     prompts = {}
     if "query" in model.prompts:
         prompts[data.query_column] = model.prompts["query"]
