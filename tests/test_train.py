@@ -109,8 +109,10 @@ def test_a_new_run_never_overwrites_an_earlier_one(trained):
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, vdr_cache):
     output_dir = tmp_path / "run"
-    short = ("--num_train_epochs", "1", "--save_steps", "0.5", "--save_total_limit", "2")
-    run_quickstart(output_dir, *short)  # 8 steps, checkpoints at 4 and 8
+    # a short run: 8 steps, checkpoints at 4 and 8, no evaluation during training
+    short = ("--max_steps", "8", "--save_steps", "4", "--save_total_limit", "2", "--eval_strategy", "no",
+             "--evaluate_base_model", "false")  # fmt: skip
+    run_quickstart(output_dir, *short)
     # Make it look interrupted after step 4: the later checkpoint, the final model and metrics never got written.
     for name in ("checkpoint-8", "final"):
         shutil.rmtree(output_dir / name)
