@@ -54,6 +54,7 @@ from vdr.prepare import (
 )
 from vdr.queries import (
     GenerationSettings,
+    check_query_file,
     file_queries,
     filter_by_retrieval,
     load_prompt_template,
@@ -75,6 +76,8 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
         return validate(args.validate)
     if not args.output_dir or ("pages" in args.steps and not args.input_dir):
         raise VdrError("Give --output_dir (and --input_dir, the folder of your documents, for the pages step).")
+    if "queries" in args.steps and args.queries == "file":
+        check_query_file(args.queries_file)  # before hours of rendering, not after
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path, **asdict(loading))

@@ -163,9 +163,11 @@ def _reason(error: Exception, path: Path) -> str:
 
 def pdf_scale(width_pt: float, height_pt: float, settings: RenderSettings) -> float:
     """Pixels per point: the DPI cap, lowered so the page stays within the pixel budget."""
-    budget_scale = math.sqrt(settings.max_page_pixels / (width_pt * height_pt))
-    # 0.999: pdfium rounds the bitmap size, which must not tip a page just over the budget.
-    return min(settings.max_dpi / POINTS_PER_INCH, budget_scale * 0.999)
+    scale = min(settings.max_dpi / POINTS_PER_INCH, math.sqrt(settings.max_page_pixels / (width_pt * height_pt)))
+    # pypdfium2 rounds the bitmap size up, which can tip a page just over the budget.
+    while math.ceil(width_pt * scale) * math.ceil(height_pt * scale) > settings.max_page_pixels:
+        scale *= 0.999
+    return scale
 
 
 def page_image_path(task: RenderTask, page_index: int) -> Path:

@@ -109,14 +109,19 @@ def file_queries(
     return rows, stats
 
 
-def _read_query_file(path: Path) -> Iterator[tuple[int, dict]]:
+def check_query_file(path: str | Path) -> None:
+    """Fail before any page is rendered when the query file is missing or of an unknown kind."""
+    path = Path(path)
     if not path.is_file():
         raise VdrError(f"Query file '{path}' does not exist. Pass a JSON-lines or CSV file to --queries_file.")
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv"):
-        raise VdrError(f"Query file '{path}' must be JSON-lines (.jsonl) or CSV (.csv), not '{suffix}'.")
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise VdrError(f"Query file '{path}' must be JSON-lines (.jsonl) or CSV (.csv), not '{path.suffix}'.")
+
+
+def _read_query_file(path: Path) -> Iterator[tuple[int, dict]]:
+    check_query_file(path)
     with path.open(encoding="utf-8", newline="") as handle:
-        if suffix == ".csv":
+        if path.suffix.lower() == ".csv":
             # Line 1 is the header, so data rows start at line 2 (as a spreadsheet numbers them).
             for line, item in enumerate(csv.DictReader(handle), start=2):
                 yield line, item
