@@ -131,7 +131,11 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
             if rows:
                 write_rows(output_dir / f"{name}.jsonl", rows, output_dir)
             else:
-                logger.warning("No %s rows: %s.jsonl is not written.", name, name)
+                logger.warning(
+                    "No %s rows, so %s.jsonl is not written: its %d document(s) have no queries, or too few pages "
+                    "for %d negatives per query. Hold out more documents (--eval_fraction) or lower --num_negatives.",
+                    name, name, len(documents), args.num_negatives,
+                )  # fmt: skip
                 (output_dir / f"{name}.jsonl").unlink(missing_ok=True)
         save_json(output_dir / MINING_STATS_FILE, mining)
 

@@ -314,7 +314,8 @@ def text_queries(
                 continue
             phrase = _rarest_window(sentence, idf, max_words)
             words = WORD.findall(phrase.lower())
-            if len(words) >= min_words:
+            # Mostly words, not code or numbers: the checks generated queries pass, plus a minimum length.
+            if len(words) >= min_words and len(phrase.split()) >= min_words and is_well_formed(phrase):
                 candidates[phrase] = sum(idf[word] for word in words) / len(words)
         best = sorted(candidates, key=lambda phrase: (-candidates[phrase], phrase))[:num_queries]
         rows += [query_row(phrase, page, TEXT_SOURCE_LABEL) for phrase in best]
