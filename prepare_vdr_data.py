@@ -34,7 +34,7 @@ from typing import Any
 
 from vdr.config import ConfigParser, ModelArguments, ModelLoadingArguments
 from vdr.dataset_checks import build_report, format_report, validate_dataset
-from vdr.documents import RenderSettings, read_jsonl, read_pages, render_documents, write_jsonl
+from vdr.documents import PageRecord, RenderSettings, read_jsonl, read_pages, render_documents, write_jsonl
 from vdr.errors import VdrError, run_cli
 from vdr.prepare import (
     MINING_STATS_FILE,
@@ -54,6 +54,7 @@ from vdr.prepare import (
 )
 from vdr.queries import (
     GenerationSettings,
+    QueryStats,
     check_query_file,
     file_queries,
     filter_by_retrieval,
@@ -84,6 +85,7 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
 
     @cache
     def embedding_model():  # loaded once, only by the steps that need it, exactly as train_vdr.py loads it
+        # Imported here, not at the top: the spawned rendering workers re-import this script and must start fast.
         from vdr.model import build_model
 
         return build_model(model_args)
@@ -148,7 +150,13 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
     return report
 
 
-def make_queries(args, loading, pages, skipped, output_dir) -> tuple[list[dict], Any]:
+def make_queries(
+    args: PrepareArguments,
+    loading: ModelLoadingArguments,
+    pages: list[PageRecord],
+    skipped: dict[str, str],
+    output_dir: Path,
+) -> tuple[list[dict], QueryStats]:
     if args.queries == "file":
         queries, stats = file_queries(args.queries_file, pages, skipped)
     elif args.queries == "vlm":
@@ -170,7 +178,7 @@ def make_queries(args, loading, pages, skipped, output_dir) -> tuple[list[dict],
     return unique, stats
 
 
-def make_report(output_dir: Path, pages, skipped) -> dict[str, Any]:
+def make_report(output_dir: Path, pages: list[PageRecord], skipped: dict[str, str]) -> dict[str, Any]:
     def optional_file(name: str) -> bool:
         return (output_dir / f"{name}.jsonl").is_file()
 
