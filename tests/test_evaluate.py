@@ -344,3 +344,15 @@ def test_truncate_dim_larger_than_the_model_is_reported(tmp_path, st_model_dir):
             tmp_path, "--model", str(st_model_dir), "--dataset", GENERATED_PAGES_ID, "--num_generated_rows", "8",
             "--truncate_dims", "128", "64",
         )  # fmt: skip
+
+
+def test_benchmark_runs_as_the_readme_writes_it(tmp_path):
+    # From another folder and without PYTHONPATH, as from a fresh clone: the script finds the vdr package itself.
+    # (--num_rows 2 --dims 64 is its smoke size: a real run of some seconds.)
+    script = REPO_ROOT / "benchmarks" / "bench_evaluate.py"
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--num_rows" in result.stdout

@@ -9,7 +9,6 @@ the same processor settings then reuses the resized pages (benchmarks/bench_eval
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +19,6 @@ from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 from vdr.data import PageRef, open_page
-
-logger = logging.getLogger(__name__)
 
 Resize = Callable[[Any], Image.Image]
 
