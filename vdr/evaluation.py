@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from statistics import fmean
@@ -98,16 +97,14 @@ def build_ir_evaluator(
     )
 
 
-def presize_corpus(model: SentenceTransformer, data: RetrievalData, workers: int = 2) -> RetrievalData:
+def presize_corpus(model: SentenceTransformer, data: RetrievalData) -> RetrievalData:
     """Decode and resize every page once, as the model's processor would, and keep the results: the trainer
     calls its evaluator at every eval step, which then skips that work. The embeddings are unchanged. Memory:
-    the resized pages (about 1 MB each at 600*600 pixels). Two threads decode about twice as fast as one here
-    (benchmarks/bench_evaluate.py); nothing else runs meanwhile."""
+    the resized pages (about 1 MB each at 600*600 pixels). One thread: two were no faster on 2 CPU cores
+    (benchmarks/bench_evaluate.py)."""
     _, resize = page_resizer(model)
-    pages = list(data.corpus.values())
-    with ThreadPoolExecutor(max(workers, 1)) as pool:
-        resized = list(tqdm(pool.map(resize, pages), total=len(pages), desc="Resizing pages", unit="page"))
-    return RetrievalData(data.queries, dict(zip(data.corpus, resized)), data.qrels)
+    pages = tqdm(data.corpus.values(), total=len(data.corpus), desc="Resizing pages", unit="page")
+    return RetrievalData(data.queries, dict(zip(data.corpus, map(resize, pages))), data.qrels)
 
 
 def encode_full_dim(
