@@ -1,8 +1,9 @@
 """Score embedding checkpoints side by side on visual document retrieval, at every Matryoshka dimension.
 
 Each model encodes each dataset's queries and pages once, at full dimension; every dimension is scored by
-truncating those embeddings. Pages are resized once per run (in worker threads, ahead of the encoder) and
-embeddings are cached on disk, so re-running or adding a model computes only what is new.
+truncating those embeddings, with Sentence Transformers' InformationRetrievalEvaluator. Every model is scored at
+every Matryoshka dim any of them was trained at (that it can produce). Resized pages are shared by models with the
+same processor settings and embeddings are cached on disk, so re-running or adding a model computes only what is new.
 
 Usage:
     # Offline: the quickstart's output against its base model, on generated pages in both dataset layouts
@@ -38,12 +39,22 @@ import torch
 
 from vdr.cache import default_cache_dir
 from vdr.config import ConfigParser, EvaluateArguments, ModelLoadingArguments
-from vdr.data import DatasetSpec, load_retrieval_data
+from vdr.data import DatasetSpec, RetrievalData, load_retrieval_data
 from vdr.embedding_cache import EmbeddingCache, model_fingerprint
 from vdr.errors import VdrError, run_cli
-from vdr.evaluation import evaluation_dims, expand_models, load_for_evaluation, read_training_metrics, score_model
+from vdr.evaluation import has_graded_relevance
 from vdr.model import resolve_model_path
-from vdr.preprocessing import PagePreprocessor
+from vdr.model_comparison import (
+    EncodingSetup,
+    ModelCandidate,
+    evaluation_dims,
+    expand_models,
+    load_for_evaluation,
+    read_training_metrics,
+    score_model,
+    shared_default_dims,
+)
+from vdr.preprocessing import ResizedPageCache
 from vdr.provenance import library_versions
 from vdr.reporting import markdown_table, plot_ndcg_by_dim, plot_ndcg_by_model, plot_training_metrics, write_results
 
@@ -58,68 +69,103 @@ def make_parser() -> ConfigParser:
 
 def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, Any]:
     start = time.perf_counter()
-    output_dir = Path(args.output_dir)
 
-    # 1. Datasets: each loaded (and checked) once, shared by every model
-    specs = [DatasetSpec.parse(spec) for spec in args.dataset]
-    names = [spec.name for spec in specs]
-    if len(set(names)) != len(names):
-        raise VdrError(f"Two --dataset entries share a name ({', '.join(names)}); give each a distinct name=...")
-    datasets = {}
-    for spec in specs:
-        datasets[spec.name] = load_retrieval_data(spec, args)
-        logger.info(
-            "Dataset %s: %d queries, %d pages",
-            spec.name,
-            len(datasets[spec.name].queries),
-            len(datasets[spec.name].corpus),
-        )
-
-    # 2. Models: training output folders give their final model (and, on request, every checkpoint)
+    # 1. Everything that can be checked without loading: output folder, dataset specs, model paths, dims
+    output_dir = check_output_dir(args.output_dir)
+    specs = parse_dataset_specs(args.dataset)
     candidates = expand_models(args.model, args.all_checkpoints)
+    shared_dims = shared_default_dims(candidates)
+
+    # 2. Datasets: each loaded (and checked) once, shared by every model
+    datasets = {spec.name: load_dataset(spec, args) for spec in specs}
 
     # 3. Score each model: one encoding per dataset, every dimension from it; a failing model does not stop the rest
-    preprocessor = PagePreprocessor(args.preprocess_workers, args.preprocess_cache_mb << 20)
-    cache = EmbeddingCache(None if args.no_cache else Path(args.cache_dir or default_cache_dir() / "embeddings"))
+    setup = EncodingSetup(
+        batch_size=args.batch_size,
+        page_cache=ResizedPageCache(args.preprocess_cache_mb << 20),
+        embedding_cache=EmbeddingCache(
+            None if args.no_cache else Path(args.cache_dir or default_cache_dir() / "embeddings")
+        ),
+    )
     records: list[dict] = []
     models: dict[str, dict] = {}
     errors: list[str] = []
-    for candidate in candidates:
-        model = None
+    for number, candidate in enumerate(candidates, 1):
+        logger.info("Model %d of %d: %s", number, len(candidates), candidate.name)
         try:
-            model = load_for_evaluation(candidate, loading)
-            dims = evaluation_dims(model, candidate, args.truncate_dims)
-            # Hashing every model file takes seconds for a 2B model: only the cache needs it.
-            fingerprint = (
-                model_fingerprint(resolve_model_path(candidate.path), loading.revision) if cache.folder else None
-            )
-            cache_key = {"model": fingerprint, "loading": vars(loading)}
-            model_records, stats = score_model(
-                model, candidate, datasets, dims, args.batch_size, preprocessor, cache, cache_key
+            model_records, models[candidate.name] = score_candidate(
+                candidate, loading, args, shared_dims, datasets, setup
             )
         except (VdrError, torch.OutOfMemoryError) as error:
             hint = " Lower --batch_size or --max_pixels." if isinstance(error, torch.OutOfMemoryError) else ""
-            logger.error("Skipping model '%s': %s%s", candidate.name, error, hint)
             errors.append(f"{candidate.name}: {error}{hint}")
+            logger.warning("Model '%s' could not be scored (the reason is reported at the end).", candidate.name)
             continue
-        finally:
-            del model  # free it before the next model loads
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
         records += model_records
-        models[candidate.name] = {
-            "path": candidate.path,
-            "dims": dims,
-            "fingerprint": fingerprint,
-            "stats": stats,
-        }
         write_outputs(output_dir, records, models, specs, loading, args, start)  # results so far are never lost
 
     # 4. Plots and the summary table
+    write_plots(output_dir, records, candidates)
+    if errors:
+        raise VdrError(failure_message(errors, len(candidates), output_dir if records else None))
+    return {"records": records, "models": models}
+
+
+def check_output_dir(value: str) -> Path:
+    """Create the output folder now, so that a path that cannot hold results fails before anything loads."""
+    output_dir = Path(value).expanduser()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # an existing file, a file among its parents, no permission
+        reason = "is an existing file" if output_dir.is_file() else f"cannot be created ({error.strerror})"
+        raise VdrError(f"--output_dir '{value}' {reason}. Give a folder path for the results.") from None
+    return output_dir
+
+
+def parse_dataset_specs(values: list[str]) -> list[DatasetSpec]:
+    specs = [DatasetSpec.parse(value) for value in values]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise VdrError(f"Two --dataset entries share a name ({', '.join(names)}); give each a distinct name=...")
+    return specs
+
+
+def load_dataset(spec: DatasetSpec, args: EvaluateArguments) -> RetrievalData:
+    data = load_retrieval_data(spec, args)
+    has_graded_relevance(data)  # fractional grades fail here, before any model loads
+    logger.info("Dataset %s: %d queries, %d pages", spec.name, len(data.queries), len(data.corpus))
+    return data
+
+
+def score_candidate(
+    candidate: ModelCandidate,
+    loading: ModelLoadingArguments,
+    args: EvaluateArguments,
+    shared_dims: set[int],
+    datasets: dict[str, RetrievalData],
+    setup: EncodingSetup,
+) -> tuple[list[dict], dict[str, Any]]:
+    """Load one model, score it on every dataset, free it: its records and what results.json says about it."""
+    model = load_for_evaluation(candidate, loading)
+    try:
+        dims = evaluation_dims(model, args.truncate_dims, shared_dims)
+        # Hashing the model files takes seconds for a 2B model: only the cache needs it.
+        cached = setup.embedding_cache.folder is not None
+        fingerprint = model_fingerprint(resolve_model_path(candidate.path), loading.revision) if cached else None
+        model_key = {"model": fingerprint, "loading": vars(loading)}
+        records, stats = score_model(model, candidate.name, datasets, dims, setup, model_key)
+    finally:
+        del model  # free it before the next model loads
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return records, {"path": candidate.path, "dims": dims, "fingerprint": fingerprint, "stats": stats}
+
+
+def write_plots(output_dir: Path, records: list[dict], candidates: list[ModelCandidate]) -> None:
     if records:
         plot_ndcg_by_dim(records, output_dir / "ndcg_by_dim.png")
-        if len(models) > 1:
+        if len({record["model"] for record in records}) > 1:
             plot_ndcg_by_model(records, output_dir / "ndcg_by_model.png")
         print(markdown_table(records))
     one_per_run = {candidate.training_run: candidate for candidate in candidates if candidate.training_run}
@@ -127,12 +173,12 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
         metrics = read_training_metrics(candidate)
         if metrics and metrics.get("final"):
             plot_training_metrics(metrics, output_dir / f"training_{candidate.training_run.resolve().name}.png")
-    if errors:
-        raise VdrError(
-            f"{len(errors)} of {len(candidates)} model(s) could not be scored ({'; '.join(errors)}). Results of the "
-            f"others are in {output_dir}."
-        )
-    return {"records": records, "models": models}
+
+
+def failure_message(errors: list[str], num_models: int, results_dir: Path | None) -> str:
+    """One paragraph: which models failed and why, and where the others' results are (when there are any)."""
+    failed = f"{len(errors)} of {num_models} model(s) could not be scored: {'; '.join(errors)}"
+    return f"{failed} Results of the others are in {results_dir}." if results_dir else failed
 
 
 def write_outputs(

@@ -1,12 +1,17 @@
-"""Benchmark: evaluate_vdr's evaluation against the reference recipe's, on the same model and pages.
+"""Benchmark: what each part of evaluate_vdr's evaluation buys, one change at a time, on the same model and pages.
 
-The reference approach (the write-up's final report) runs one InformationRetrievalEvaluator per Matryoshka
-dimension at batch size 1: every evaluator re-preprocesses and re-encodes the whole corpus. Ours encodes the
-corpus once, at full dimension, resizes each page once (in worker threads, overlapped with encoding) and
-scores every dimension by truncation. Both report the same metrics; this prints how long each took, how many
-page encodings and preprocessings each did, and the share of time spent preprocessing vs encoding.
+Steps, each changing one thing from the step before it:
+  reference         one InformationRetrievalEvaluator per Matryoshka dim at batch size 1 (the write-up's final report)
+  encode once       one encoding at full dimension, every dim scored from it (still batch size 1)
+  batch 16          the same at --batch_size
+  resize ahead      pages decoded and resized by us with the processor's own resize, then encoded (evaluate_vdr.py)
+  + 2 threads       the same with the resizing done in 2 worker threads ahead of the encoder (removed from
+                    evaluate_vdr.py: it did not pay on 2 CPU cores; re-created here so the figure stays measurable)
+Then, for a second model with the same processor settings: its pages resized again vs taken from the pages the first
+model resized (evaluate_vdr.py's ResizedPageCache); and train_vdr.py's one-time resize of its eval pages
+(presize_corpus, one thread) against the same resize spread over 2 threads (removed: no faster on 2 CPU cores).
 
-Usage (CPU, offline, a few minutes):
+Usage (CPU, offline, a few minutes; --num_rows 2 --dims 64 is a smoke run of seconds):
     python benchmarks/bench_evaluate.py
     python benchmarks/bench_evaluate.py --num_rows 60 --max_pixels 102400 --batch_size 16
 
@@ -20,19 +25,28 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
 
-from vdr.config import ModelArguments
-from vdr.data import RetrievalData
-from vdr.evaluation import EmbeddingCache, PagePreprocessor, build_ir_evaluator, embed_dataset, score_dims
-from vdr.model import build_model
-from vdr.pages import generate_rows
-from vdr.tiny_model import TINY_MODEL_ID
+# Run as `python benchmarks/bench_evaluate.py` from a fresh clone: the project root is not on the import path then.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vdr.config import ModelArguments  # noqa: E402
+from vdr.data import RetrievalData  # noqa: E402
+from vdr.evaluation import build_ir_evaluator, encode_full_dim, presize_corpus, score_dims  # noqa: E402
+from vdr.model import build_model  # noqa: E402
+from vdr.model_comparison import encode_pages  # noqa: E402
+from vdr.pages import generate_rows  # noqa: E402
+from vdr.preprocessing import EncodingStats, ResizedPageCache, page_resizer, pixel_count  # noqa: E402
+from vdr.tiny_model import TINY_MODEL_ID  # noqa: E402
 
 A4_150_DPI = (1240, 1754)
 
@@ -43,30 +57,22 @@ class Counters:
 
     pages_preprocessed: int = 0
     pages_encoded: int = 0
-    preprocess_seconds: float = 0.0
-    encode_seconds: float = 0.0
 
 
 @contextmanager
 def instrumented(model, counters: Counters):
-    """Count and time page preprocessing (processor calls) and encoding (forward passes) of ``model``."""
+    """Count the pages that go through ``model``'s processor and its forward pass."""
     transformer = model[0]
     original_preprocess, original_forward = transformer.preprocess, model.forward
 
     def preprocess(inputs, *args, **kwargs):
-        start = time.perf_counter()
-        features = original_preprocess(inputs, *args, **kwargs)
-        counters.preprocess_seconds += time.perf_counter() - start
         counters.pages_preprocessed += sum(isinstance(item, Image.Image) for item in inputs)
-        return features
+        return original_preprocess(inputs, *args, **kwargs)
 
     def forward(features, *args, **kwargs):
-        start = time.perf_counter()
-        output = original_forward(features, *args, **kwargs)
-        counters.encode_seconds += time.perf_counter() - start
         if "image_grid_thw" in features:
             counters.pages_encoded += len(features["image_grid_thw"])
-        return output
+        return original_forward(features, *args, **kwargs)
 
     transformer.preprocess, model.forward = preprocess, forward
     try:
@@ -92,42 +98,76 @@ def _png(page: Image.Image) -> bytes:
 
 
 def fresh(queries: dict, corpus: dict[int, bytes], qrels: dict) -> RetrievalData:
-    """Pages opened lazily from their bytes (as datasets does): each approach pays for its own decoding."""
+    """Pages opened lazily from their bytes (as datasets does): each step pays for its own decoding."""
     return RetrievalData(queries, {cid: Image.open(io.BytesIO(png)) for cid, png in corpus.items()}, qrels)
 
 
-def reference(model, data: RetrievalData, dims: list[int]) -> tuple[float, Counters, dict]:
-    """One evaluator per dimension, batch size 1, as the write-up's final report does."""
-    counters, results = Counters(), {}
-    start = time.perf_counter()
-    with instrumented(model, counters):
-        for dim in dims:
-            evaluator = build_ir_evaluator(data, f"ref-{dim}", batch_size=1, truncate_dim=dim, show_progress_bar=False)
-            results[dim] = evaluator(model)[f"ref-{dim}_cosine_ndcg@10"]
-    return time.perf_counter() - start, counters, results
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    cpu_seconds: float  # of every thread of this process: steadier than wall time on a shared machine
+    counters: Counters
+    ndcg: dict[int, float]
 
 
-def ours(model, data: RetrievalData, dims: list[int], batch_size: int, workers: int) -> tuple[float, Counters, dict]:
-    """One encoding at full dimension, pages resized once in worker threads, every dim by truncation."""
+def timed(name: str, model, run: Callable[[], dict[int, float]]) -> Step:
     counters = Counters()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with instrumented(model, counters):
-        embeddings = embed_dataset(model, data, batch_size, PagePreprocessor(workers), EmbeddingCache(None), {})
-        scores = score_dims(model, embeddings.queries, embeddings.corpus, data, dims)
-    seconds = time.perf_counter() - start
-    # our own page resizing happens in worker threads, outside the processor: count it as preprocessing
-    counters.preprocess_seconds += embeddings.stats.preprocess_seconds
-    return seconds, counters, {dim: values["ndcg@10"] for dim, values in scores.items()}
+        ndcg = run()
+    return Step(name, time.perf_counter() - start, time.process_time() - cpu_start, counters, ndcg)
 
 
-def report(name: str, seconds: float, counters: Counters) -> None:
-    # Preprocessing and encoding seconds are summed over threads: ours overlaps them, so they exceed wall time.
-    busy = counters.preprocess_seconds + counters.encode_seconds
+def reference(model, data: RetrievalData, dims: list[int]) -> dict[int, float]:
+    """One evaluator per dimension, batch size 1, as the write-up's final report does."""
+    results = {}
+    for dim in dims:
+        evaluator = build_ir_evaluator(data, f"ref-{dim}", batch_size=1, truncate_dim=dim, show_progress_bar=False)
+        results[dim] = evaluator(model)[f"ref-{dim}_cosine_ndcg@10"]
+    return results
+
+
+def encode_once(model, data: RetrievalData, dims: list[int], batch_size: int, encode_corpus=None) -> dict[int, float]:
+    """Queries and pages encoded once at full dimension; every dim scored from those embeddings."""
+    queries = encode_full_dim(model, list(data.queries.values()), "query", batch_size, show_progress_bar=False)
+    pages = list(data.corpus.values())
+    corpus = (encode_corpus or (lambda: encode_full_dim(model, pages, "document", batch_size, False)))()
+    return {dim: values["ndcg@10"] for dim, values in score_dims(model, queries, corpus, data, dims).items()}
+
+
+def resized_ahead(model, pages: list, batch_size: int, page_cache: ResizedPageCache) -> torch.Tensor:
+    """evaluate_vdr.py's page encoding: each batch decoded and resized by us (main thread), then encoded."""
+    return encode_pages(model, pages, batch_size, page_cache, "bench", EncodingStats(), show_progress_bar=False)
+
+
+def resized_in_threads(model, pages: list, batch_size: int, workers: int) -> torch.Tensor:
+    """The removed design: worker threads resize pages (largest first) ahead of the encoder, which takes them in
+    batches as they come."""
+    _, resize = page_resizer(model)
+    order = sorted(range(len(pages)), key=lambda i: -pixel_count(pages[i]))
+    embeddings: list[torch.Tensor | None] = [None] * len(pages)
+    with ThreadPoolExecutor(workers) as pool:
+        resized = pool.map(resize, [pages[i] for i in order])  # runs ahead while the main thread encodes
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = [next(resized) for _ in indices]
+            for index, vector in zip(indices, encode_full_dim(model, batch, "document", batch_size, False)):
+                embeddings[index] = vector
+    return torch.stack(embeddings)
+
+
+def resize_all_in_threads(resize: Callable, pages: list, workers: int) -> list:
+    """The removed design of presize_corpus: every page resized by a pool of threads."""
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(resize, pages))
+
+
+def report(step: Step, before: Step | None) -> None:
+    versus = f"{before.seconds / step.seconds:5.2f}x faster than {before.name}" if before else ""
     print(
-        f"{name:>10}: {seconds:6.1f} s wall | page encodings {counters.pages_encoded:5d} | page preprocessings "
-        f"{counters.pages_preprocessed:5d} | preprocessing {counters.preprocess_seconds:6.1f} s "
-        f"({100 * counters.preprocess_seconds / busy:4.1f}%) vs encoding {counters.encode_seconds:6.1f} s "
-        f"({100 * counters.encode_seconds / busy:4.1f}%) | {counters.pages_encoded / seconds:.1f} pages/s"
+        f"{step.name:>18}: {step.seconds:6.1f} s wall, {step.cpu_seconds:6.1f} s CPU | page encodings "
+        f"{step.counters.pages_encoded:5d} | through the processor {step.counters.pages_preprocessed:5d} | {versus}"
     )
 
 
@@ -140,7 +180,7 @@ def main() -> None:
         "--dims", type=int, nargs="+", default=[64, 48, 32, 24, 16, 12, 8], help="7 dims, as the recipe."
     )
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="Threads of the '+ threads' and presize steps.")
     parser.add_argument("--dtype", default=None, help="e.g. bfloat16 on a GPU")
     args = parser.parse_args()
 
@@ -149,18 +189,55 @@ def main() -> None:
         ModelArguments(model_name_or_path=args.model, max_pixels=args.max_pixels, torch_dtype=args.dtype)
     )
     page_set = a4_page_set(args.num_rows, seed=11)
-    num_pages = len(page_set[1])
-    print(f"{args.model} on {model.device}: {args.num_rows} queries, {num_pages} A4 pages, dims {args.dims}")
+    num_pages, batch, dims = len(page_set[1]), args.batch_size, args.dims
+    print(f"{args.model} on {model.device}: {args.num_rows} queries, {num_pages} A4 pages, dims {dims}")
 
-    ref_seconds, ref_counters, ref_ndcg = reference(model, fresh(*page_set), args.dims)
-    our_seconds, our_counters, our_ndcg = ours(model, fresh(*page_set), args.dims, args.batch_size, args.workers)
-    report("reference", ref_seconds, ref_counters)
-    report("ours", our_seconds, our_counters)
-    print(f"ours resized each of the {num_pages} pages once, in worker threads, before the processor saw it")
-    worst = max(abs(ref_ndcg[d] - our_ndcg[d]) for d in args.dims)
-    print(f"NDCG@10 by dim, reference vs ours (max difference {worst:.2e}):")
-    print("  " + "  ".join(f"{d}: {ref_ndcg[d]:.4f}/{our_ndcg[d]:.4f}" for d in args.dims))
-    print(f"speed-up: {ref_seconds / our_seconds:.1f}x ({ref_seconds:.1f} s -> {our_seconds:.1f} s)")
+    def pages_of(data: RetrievalData) -> list:
+        return list(data.corpus.values())
+
+    steps: list[Step] = []
+    for name, run in [
+        ("reference", lambda data: reference(model, data, dims)),
+        ("encode once", lambda data: encode_once(model, data, dims, 1)),
+        (f"batch {batch}", lambda data: encode_once(model, data, dims, batch)),
+        (
+            "resize ahead",
+            lambda data: encode_once(
+                model, data, dims, batch, lambda: resized_ahead(model, pages_of(data), batch, ResizedPageCache(0))
+            ),
+        ),
+        (
+            f"+ {args.workers} threads",
+            lambda data: encode_once(
+                model, data, dims, batch, lambda: resized_in_threads(model, pages_of(data), batch, args.workers)
+            ),
+        ),
+    ]:
+        steps.append(timed(name, model, lambda run=run: run(fresh(*page_set))))
+        report(steps[-1], steps[-2] if len(steps) > 1 else None)
+    worst = max(abs(steps[0].ndcg[d] - step.ndcg[d]) for step in steps for d in dims)
+    print(f"NDCG@10 by dim (max difference from the reference over all steps: {worst:.2e}):")
+    print("  " + "  ".join(f"{d}: {steps[0].ndcg[d]:.4f}" for d in dims))
+    print(f"evaluate_vdr.py's path (resize ahead) vs the reference: {steps[0].seconds / steps[3].seconds:.1f}x faster")
+
+    print("\nA second model with the same processor settings (page encoding only):")
+    for name, budget in (("resized again", 0), ("resized pages kept", 4 << 30)):
+        page_cache = ResizedPageCache(budget)
+        resized_ahead(model, pages_of(fresh(*page_set)), batch, page_cache)  # the first model
+        second = timed(
+            name, model, lambda cache=page_cache: resized_ahead(model, pages_of(fresh(*page_set)), batch, cache)
+        )
+        report(second, None)
+
+    print("\ntrain_vdr.py's one-time resize of its eval pages:")
+    _, resize = page_resizer(model)
+    for name, resize_all in [
+        ("presize_corpus", lambda data: presize_corpus(model, data)),
+        (f"{args.workers} threads", lambda data: resize_all_in_threads(resize, pages_of(data), args.workers)),
+    ]:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        resize_all(fresh(*page_set))
+        print(f"{name:>18}: {time.perf_counter() - start:6.1f} s wall, {time.process_time() - cpu_start:6.1f} s CPU")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -25,20 +26,13 @@ from vdr.data import (
     load_retrieval_data,
     write_beir,
 )
-from vdr.embedding_cache import EmbeddingCache
+from vdr.embedding_cache import EmbeddingCache, dataset_fingerprint, model_fingerprint
 from vdr.errors import VdrError
-from vdr.evaluation import (
-    build_ir_evaluator,
-    embed_dataset,
-    encode_full_dim,
-    expand_models,
-    presize_corpus,
-    score_dims,
-)
-from vdr.metrics import DEFAULT_METRICS
-from vdr.model import build_model
+from vdr.evaluation import DEFAULT_METRICS, build_ir_evaluator, encode_full_dim, presize_corpus, score_dims
+from vdr.model import UnusedLmHeadReportFilter, build_model
+from vdr.model_comparison import EncodingSetup, embed_dataset, expand_models
 from vdr.pages import GENERATED_PAGES_ID
-from vdr.preprocessing import PagePreprocessor
+from vdr.preprocessing import ResizedPageCache
 
 from .conftest import REPO_ROOT
 
@@ -68,7 +62,8 @@ def run_evaluate(output_dir: Path, *argv: str) -> dict:
 
 def test_metrics_agree_with_sentence_transformers_at_every_dim(st_model_dir, pages_data):
     model = SentenceTransformer(str(st_model_dir))
-    embeddings = embed_dataset(model, pages_data, 8, PagePreprocessor(), EmbeddingCache(None), {})
+    setup = EncodingSetup(batch_size=8, page_cache=ResizedPageCache(0), embedding_cache=EmbeddingCache(None))
+    embeddings = embed_dataset(model, "pages", pages_data, setup, {})
     ours = score_dims(model, embeddings.queries, embeddings.corpus, pages_data, [64, 32, 16, 8])
     opened = pages_data.with_opened_pages()  # Sentence Transformers' evaluator takes PIL images
     for dim in (64, 32, 16, 8):
@@ -106,21 +101,18 @@ def test_both_layouts_give_the_same_scores_and_all_outputs_are_written(tmp_path,
         "--num_generated_rows", "16",
     )  # fmt: skip
     by_key = {(r["model"], r["dataset"], r["dim"]): r["metrics"] for r in result["records"]}
-    # the saved model is scored at its recorded Matryoshka dims, the bare VLM at its full dim
-    assert {k for k in by_key if k[0] == "tiny-st"} == {
-        ("tiny-st", d, m) for d in ("pages", "pages-beir") for m in (64, 32, 16)
-    }
-    assert {k for k in by_key if k[0] == "tiny-qwen3-vl"} == {
-        ("tiny-qwen3-vl", "pages", 64),
-        ("tiny-qwen3-vl", "pages-beir", 64),
-    }
+    # the saved model's recorded Matryoshka dims are every model's: the bare VLM (no record) is scored there too
+    for model in ("tiny-st", "tiny-qwen3-vl"):
+        assert {k for k in by_key if k[0] == model} == {
+            (model, d, m) for d in ("pages", "pages-beir") for m in (64, 32, 16)
+        }
     for dim in (64, 32, 16):
         assert by_key[("tiny-st", "pages", dim)] == pytest.approx(by_key[("tiny-st", "pages-beir", dim)], abs=1e-9)
     out = tmp_path / "out"
     for name in ("results.json", "results.csv", "results.md", "ndcg_by_dim.png", "ndcg_by_model.png"):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "results.json").read_text())
-    assert len(saved["results"]) == 8 and "wall_seconds" in saved["metadata"]
+    assert len(saved["results"]) == 12 and "wall_seconds" in saved["metadata"]
     # the second model reused the pages the first one resized
     assert saved["metadata"]["models"]["tiny-qwen3-vl"]["stats"]["pages"]["page_preprocessings"] == 0
     assert "| tiny-st |" in (out / "results.md").read_text()
@@ -217,20 +209,130 @@ def test_dataset_spec_parsing():
         DatasetSpec.parse("path=org/set,confg=eval")
 
 
-def test_bad_models_fail_clearly_but_the_others_are_still_written(tmp_path, st_model_dir, vdr_cache):
-    (tmp_path / "empty-checkpoint").mkdir()
-    command = [
-        sys.executable, "evaluate_vdr.py", "--output_dir", str(tmp_path / "out"), "--max_pixels", MAX_PIXELS,
-        "--model", str(st_model_dir), "--model", str(tmp_path / "empty-checkpoint"),
-        "--dataset", GENERATED_PAGES_ID, "--num_generated_rows", "8", "--truncate_dims", "64", "32",
-    ]  # fmt: skip
+def run_evaluate_cli(vdr_cache: Path, *argv: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "evaluate_vdr.py", "--max_pixels", MAX_PIXELS, "--num_generated_rows", "8", *argv]
     env = {"VDR_CACHE": str(vdr_cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert "empty-checkpoint' holds no model (no modules.json or config.json)" in result.stderr
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def broken_model(folder: Path) -> Path:
+    """A folder that looks like a model (it has a config.json) but fails to load."""
+    folder.mkdir()
+    (folder / "config.json").write_text("{ not json")
+    return folder
+
+
+def test_a_failing_model_is_reported_once_and_the_others_are_still_written(tmp_path, st_model_dir, vdr_cache):
+    broken = broken_model(tmp_path / "broken")
+    result = run_evaluate_cli(
+        vdr_cache, "--output_dir", str(tmp_path / "out"), "--model", str(st_model_dir), "--model", str(broken),
+        "--dataset", GENERATED_PAGES_ID, "--truncate_dims", "64", "32",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("Could not load model") == 1  # the reason once, in the final message
+    assert "1 of 2 model(s) could not be scored: broken: Could not load model" in result.stderr
+    assert f"Results of the others are in {tmp_path / 'out'}." in result.stderr
     assert "Traceback" not in result.stderr
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {r["model"] for r in saved["results"]} == {"tiny-st"}
+
+
+def test_when_no_model_succeeds_there_is_no_pointer_to_results(tmp_path, vdr_cache):
+    broken = broken_model(tmp_path / "broken")
+    out = tmp_path / "out"
+    result = run_evaluate_cli(
+        vdr_cache, "--output_dir", str(out), "--model", str(broken), "--dataset", GENERATED_PAGES_ID
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("Could not load model") == 1
+    assert "1 of 1 model(s) could not be scored: broken: Could not load model" in result.stderr
+    assert "Results of the others" not in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "results.json").exists()
+
+
+def test_output_dir_that_is_a_file_fails_before_anything_loads(tmp_path, vdr_cache):
+    (tmp_path / "results").write_text("not a folder")
+    result = run_evaluate_cli(
+        vdr_cache, "--output_dir", str(tmp_path / "results"), "--model", "generated:tiny-qwen3-vl",
+        "--dataset", GENERATED_PAGES_ID,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --output_dir '{tmp_path / 'results'}' is an existing file. Give a folder path for the results."
+    ]  # one paragraph, nothing loaded or logged before it
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch_size", "0"], "--batch_size must be 1 or more, got 0"),
+        (["--truncate_dims", "64", "0"], r"--truncate_dims must be positive integers, got \[64, 0\]"),
+        (["--preprocess_cache_mb", "-1"], "--preprocess_cache_mb must be 0 or more, got -1"),
+        (["--dataset", "path=x,nmae=y"], "Unknown key 'nmae' in --dataset 'path=x,nmae=y'. Did you mean 'name'"),
+        (["--dataset", "path=a,name=x", "--dataset", "path=b,name=x"], "Two --dataset entries share a name"),
+        (["--model", "./no/such/model"], "--model './no/such/model' does not exist"),
+        (["--model", "{empty}"], "holds no model \\(no modules.json or config.json\\)"),
+        (["--output_dir", "{file}/sub"], "--output_dir '.*/sub' cannot be created"),
+    ],
+)
+def test_bad_values_fail_before_anything_loads(tmp_path, monkeypatch, argv, message):
+    import evaluate_vdr
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("loaded something before checking the arguments")
+
+    monkeypatch.setattr(evaluate_vdr, "load_retrieval_data", must_not_load)
+    monkeypatch.setattr(evaluate_vdr, "load_for_evaluation", must_not_load)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("")
+    argv = [arg.format(empty=tmp_path / "empty", file=tmp_path / "file") for arg in argv]
+    defaults = {"--model": "generated:tiny-qwen3-vl", "--dataset": GENERATED_PAGES_ID}
+    argv += [item for flag, value in defaults.items() if flag not in argv for item in (flag, value)]
+    with pytest.raises(VdrError, match=message):
+        run_evaluate(tmp_path / "out", *argv)
+
+
+def test_model_key_ignores_trainer_state_but_not_weights(tmp_path, st_model_dir):
+    checkpoint = Path(shutil.copytree(st_model_dir, tmp_path / "checkpoint-10"))
+    (checkpoint / "optimizer.pt").write_bytes(b"state 1")
+    (checkpoint / "trainer_state.json").write_text("{}")
+    key = model_fingerprint(str(checkpoint))
+    (checkpoint / "optimizer.pt").write_bytes(b"state 2, after more steps")
+    (checkpoint / "rng_state.pth").write_bytes(b"rng")
+    assert model_fingerprint(str(checkpoint)) == key
+    (checkpoint / "1_Pooling" / "config.json").write_text('{"pooling_mode_lasttoken": false}')  # a module's config
+    assert model_fingerprint(str(checkpoint)) != key
+    key = model_fingerprint(str(checkpoint))
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1
+    save_file(weights, str(checkpoint / "model.safetensors"), metadata={"format": "pt"})
+    assert model_fingerprint(str(checkpoint)) != key
+
+
+def test_dataset_key_is_the_content(pages_data):
+    key = dataset_fingerprint(pages_data)
+    same = RetrievalData(dict(pages_data.queries), dict(pages_data.corpus), {})  # qrels do not change embeddings
+    assert dataset_fingerprint(same) == key
+    first_query = next(iter(pages_data.queries))
+    other_text = RetrievalData({**pages_data.queries, first_query: "another query"}, pages_data.corpus, {})
+    assert dataset_fingerprint(other_text) != key
+    first_page = next(iter(pages_data.corpus))
+    other_page = RetrievalData(pages_data.queries, {**pages_data.corpus, first_page: pages_data.corpus[1]}, {})
+    assert dataset_fingerprint(other_page) != key
+
+
+def test_only_the_unused_lm_head_load_report_is_silenced():
+    def report(*rows: str) -> logging.LogRecord:
+        table = "Key            | Status     |  | \n---------------+------------+--+-\n" + "\n".join(rows)
+        message = f"\x1b[1mQwen3VLModel LOAD REPORT\x1b[0m from: x\n{table}\n\nNotes:\n- UNEXPECTED: can be ignored"
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, "", 0, message, None, None)
+
+    keep = UnusedLmHeadReportFilter().filter
+    assert not keep(report("lm_head.weight | \x1b[33mUNEXPECTED\x1b[0m |  | "))
+    assert keep(report("lm_head.weight | UNEXPECTED |  | ", "model.norm.weight | MISSING |  | "))
+    assert keep(report("visual.blocks.0.weight | UNEXPECTED |  | "))
+    assert keep(logging.LogRecord("transformers", logging.WARNING, "", 0, "something else", None, None))
 
 
 def test_truncate_dim_larger_than_the_model_is_reported(tmp_path, st_model_dir):
@@ -242,3 +344,15 @@ def test_truncate_dim_larger_than_the_model_is_reported(tmp_path, st_model_dir):
             tmp_path, "--model", str(st_model_dir), "--dataset", GENERATED_PAGES_ID, "--num_generated_rows", "8",
             "--truncate_dims", "128", "64",
         )  # fmt: skip
+
+
+def test_benchmark_runs_as_the_readme_writes_it(tmp_path):
+    # From another folder and without PYTHONPATH, as from a fresh clone: the script finds the vdr package itself.
+    # (--num_rows 2 --dims 64 is its smoke size: a real run of some seconds.)
+    script = REPO_ROOT / "benchmarks" / "bench_evaluate.py"
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--num_rows" in result.stdout

@@ -405,17 +405,22 @@ class EvaluateArguments(SourceArguments):
     cache_dir: str | None = field(
         default=None, metadata={"help": "Embedding cache folder. Default: $VDR_CACHE/embeddings."}
     )
-    preprocess_workers: int = field(
-        default=2, metadata={"help": "Threads that decode and resize pages while the model encodes."}
-    )
     preprocess_cache_mb: int = field(
         default=4096,
-        metadata={"help": "Memory budget (MB) for resized pages kept for the next model; beyond it pages are redone."},
+        metadata={
+            "help": "Memory budget (MB) for resized pages kept for the next model with the same processor settings; "
+            "beyond it pages are resized again. 0 keeps none."
+        },
     )
+
     def __post_init__(self):
         if not self.model:
             raise ValueError("give at least one --model")
         if not self.dataset:
             raise ValueError("give at least one --dataset")
-        if self.batch_size < 1 or self.preprocess_workers < 0:
-            raise ValueError("batch_size must be 1 or more and preprocess_workers 0 or more")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be 1 or more, got {self.batch_size}")
+        if self.preprocess_cache_mb < 0:
+            raise ValueError(f"--preprocess_cache_mb must be 0 or more, got {self.preprocess_cache_mb}")
+        if self.truncate_dims is not None and any(dim < 1 for dim in self.truncate_dims):
+            raise ValueError(f"--truncate_dims must be positive integers, got {self.truncate_dims}")

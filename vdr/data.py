@@ -410,7 +410,6 @@ class RetrievalData:
     queries: dict[Any, Any]
     corpus: dict[Any, Any]
     qrels: dict[Any, dict[Any, float]]
-    fingerprint: str = ""  # identifies the content, for the embedding cache
 
     def relevant_docs(self) -> dict[Any, set[Any]]:
         """Binary relevance (grade > 0), in the form ``InformationRetrievalEvaluator`` takes."""
@@ -419,7 +418,7 @@ class RetrievalData:
     def with_opened_pages(self) -> RetrievalData:
         """The same set with every page decoded to a PIL image (what Sentence Transformers' evaluator takes)."""
         corpus = {cid: open_page(page) for cid, page in self.corpus.items()}
-        return RetrievalData(self.queries, corpus, self.qrels, self.fingerprint)
+        return RetrievalData(self.queries, corpus, self.qrels)
 
 
 def retrieval_from_rows(dataset: Dataset, query: str, positive: str, negatives: list[str], where: str) -> RetrievalData:
@@ -435,8 +434,7 @@ def retrieval_from_rows(dataset: Dataset, query: str, positive: str, negatives: 
     for k, column in enumerate(negatives):
         corpus.update({num_rows * (k + 1) + i: page for i, page in enumerate(page_refs(dataset, column))})
     qrels = {i: {i: 1.0} for i in range(num_rows)}
-    fingerprint = f"rows:{getattr(dataset, '_fingerprint', '')}:{query}:{positive}:{','.join(negatives)}"
-    return RetrievalData(queries=queries, corpus=corpus, qrels=qrels, fingerprint=fingerprint)
+    return RetrievalData(queries=queries, corpus=corpus, qrels=qrels)
 
 
 def load_training_data(args: DataArguments, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -561,8 +559,7 @@ def beir_retrieval_data(corpus: Dataset, queries: Dataset, qrels: Dataset, name:
     scores = qrels[score_column] if score_column else [1.0] * len(qrels)
     for qid, cid, score in zip(qrel_query, qrel_doc, scores):
         judged.setdefault(qid, {})[cid] = float(score)
-    fingerprint = "beir:" + ":".join(getattr(d, "_fingerprint", "") for d in (corpus, queries, qrels))
-    return RetrievalData(dict(zip(query_ids, texts)), dict(zip(corpus_ids, images)), judged, fingerprint)
+    return RetrievalData(dict(zip(query_ids, texts)), dict(zip(corpus_ids, images)), judged)
 
 
 def check_retrieval_data(data: RetrievalData, name: str) -> None:

@@ -1,14 +1,15 @@
 """An on-disk cache of full-dimension embeddings, so re-running an evaluation or adding a model computes only
 what is new.
 
-An entry's key covers everything that changes the embeddings: the model's content (every file's bytes for a
-local model, the commit for a Hub id), the dataset's content (its fingerprint, and the size and modification
-time of page files referenced by path), the loading settings (dtype, pixels, prompts, attention), the library
-versions and this cache's format version.
+An entry's key covers everything that changes the embeddings: the model's content (the bytes of the files that
+define a local model, the commit for a Hub id), the dataset's content (query ids and texts, page ids and page
+bytes, or the size and modification time of page files referenced by path), the loading settings (dtype, pixels,
+prompts, attention), the library versions and this cache's format version.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from vdr.data import PageRef, RetrievalData
 from vdr.provenance import library_versions
@@ -23,7 +25,19 @@ from vdr.provenance import library_versions
 logger = logging.getLogger(__name__)
 
 #: Bump when what is stored, or how it is computed, changes.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
+#: Files of a checkpoint folder that only resume training (the trainer's state) or describe the model (its card):
+#: they do not change the embeddings. Anything else is hashed: hashing an extra file costs seconds, while
+#: skipping a file that defines the model would serve stale embeddings.
+NOT_MODEL_FILES = (
+    "optimizer.*",
+    "scheduler.*",
+    "scaler.*",
+    "rng_state*",
+    "trainer_state.json",
+    "training_args.bin",
+    "README.md",
+)
 
 
 class EmbeddingCache:
@@ -62,19 +76,30 @@ class EmbeddingCache:
 
 
 def model_fingerprint(model_path: str, revision: str | None = None) -> str:
-    """Identify a model by content: for a folder, the hash of every file but the model card (a few seconds for
-    multi-GB weights, small next to loading them; any change to any weight changes it); for a Hub id, the id
-    and the commit its revision points to."""
+    """Identify a model by content: for a folder, the hash of the files that define the model (weights, configs,
+    tokenizer and processor files, modules.json and the module subfolders; not the optimizer or other trainer
+    state of a checkpoint); for a Hub id, the id and the commit its revision points to."""
     folder = Path(model_path).expanduser()
     if not folder.is_dir():
         return f"hub:{model_path}@{_hub_commit(model_path, revision)}"
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "README.md"):
+    for path in model_files(folder):
         digest.update(str(path.relative_to(folder)).encode())
         with path.open("rb") as handle:
             while chunk := handle.read(8 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files of a model folder that define the model, sorted (hidden files and trainer state left out)."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and not any(fnmatch.fnmatch(path.name, pattern) for pattern in NOT_MODEL_FILES)
+    )
 
 
 def _hub_commit(model_id: str, revision: str | None) -> str:
@@ -88,11 +113,24 @@ def _hub_commit(model_id: str, revision: str | None) -> str:
 
 
 def dataset_fingerprint(data: RetrievalData) -> str:
-    """The dataset's fingerprint plus the size and modification time of every page file it references by path
-    (a dataset of image paths keeps its fingerprint when an image file is replaced in place)."""
-    digest = hashlib.sha256(data.fingerprint.encode())
-    for page in data.corpus.values():
-        if isinstance(page, PageRef) and page.data is None and page.path:
-            stat = Path(page.path).stat()
-            digest.update(f"{page.path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    """Identify a dataset by what is encoded: query ids and texts, page ids and pages (their encoded bytes, the
+    pixels of a decoded page, or the path, size and modification time of a page file)."""
+    digest = hashlib.sha256()
+    for qid, text in data.queries.items():
+        digest.update(json.dumps(["query", qid, text], default=str).encode())
+    for cid, page in data.corpus.items():
+        digest.update(json.dumps(["page", cid], default=str).encode())
+        digest.update(_page_identity(page))
     return digest.hexdigest()
+
+
+def _page_identity(page: Any) -> bytes:
+    if isinstance(page, PageRef) and page.data is not None:
+        return hashlib.sha256(page.data).digest()
+    path = page.path if isinstance(page, PageRef) else page if isinstance(page, str) else None
+    if path is not None:
+        stat = Path(path).stat()
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    if isinstance(page, Image.Image):
+        return hashlib.sha256(f"{page.mode}{page.size}".encode() + page.tobytes()).digest()
+    raise TypeError(f"Cannot fingerprint a page of type {type(page).__name__}")

@@ -1,40 +1,59 @@
-"""Evaluation: retrieval metrics for a model on a ``RetrievalData`` set, at every Matryoshka dimension.
+"""The training run's retrieval evaluation, and scoring every Matryoshka dimension from one encoding.
 
-Two paths, one set of numbers:
-- ``build_ir_evaluator`` gives Sentence Transformers' ``InformationRetrievalEvaluator``, which the trainer
-  calls during training (NDCG@10 in the logs, the model card and checkpoint selection);
-- ``evaluate_dims`` / ``embed_dataset`` encode the queries and the corpus once, at full dimension, and score
-  every Matryoshka dimension by truncating those embeddings (the reference recipe re-encodes the corpus once
-  per dimension). The metrics agree with the evaluator's (tests check it to 1e-6).
+- ``build_training_evaluation`` / ``build_ir_evaluator`` give Sentence Transformers' ``InformationRetrievalEvaluator``,
+  which the trainer calls during training (NDCG@10 in the logs, the model card and checkpoint selection);
+- ``evaluate_dims`` encodes the queries and the corpus once, at full dimension, and ``score_dims`` scores every
+  dimension by slicing those embeddings and handing them to the same evaluator (the reference recipe re-encodes the
+  corpus once per dimension). Its ranking (ties to the smaller corpus id) and metric definitions are used as they
+  are; only NDCG on graded relevance judgements, which it does not support, comes from trec_eval (``pytrec_eval``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from statistics import fmean
 from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.sentence_transformer.evaluation import information_retrieval as st_information_retrieval
 from tqdm.auto import tqdm
 
-from vdr.config import DataArguments, ModelArguments, ModelLoadingArguments
+from vdr.config import DataArguments
 from vdr.data import RetrievalData, negative_columns_of, retrieval_from_rows, training_columns
-from vdr.embedding_cache import EmbeddingCache, dataset_fingerprint
 from vdr.errors import VdrError
-from vdr.metrics import DEFAULT_METRICS, retrieval_metrics
-from vdr.model import build_model, check_dims, embedding_dimension, full_dimension
-from vdr.preprocessing import EncodingStats, PagePreprocessor, page_resizer, pixel_count
-from vdr.tiny_model import TINY_MODEL_ID
-from vdr.training import FINAL_MODEL_DIR, METRICS_FILE, TRAINING_INFO_FILE
+from vdr.model import check_dims, embedding_dimension, full_dimension
+from vdr.preprocessing import page_resizer
 
 logger = logging.getLogger(__name__)
+
+#: What evaluate_vdr.py and metrics.json report, named as the evaluator names them.
+DEFAULT_METRICS: tuple[str, ...] = (
+    "ndcg@1",
+    "ndcg@5",
+    "ndcg@10",
+    "mrr@10",
+    "map@100",
+    "recall@1",
+    "recall@5",
+    "recall@10",
+    "recall@100",
+)
+#: The evaluator's argument that sets the cut-offs of each metric family.
+CUTOFF_ARGUMENTS = {
+    "ndcg": "ndcg_at_k",
+    "mrr": "mrr_at_k",
+    "map": "map_at_k",
+    "recall": "precision_recall_at_k",
+    "precision": "precision_recall_at_k",
+    "accuracy": "accuracy_at_k",
+}
+
+Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -78,6 +97,16 @@ def build_ir_evaluator(
     )
 
 
+def presize_corpus(model: SentenceTransformer, data: RetrievalData) -> RetrievalData:
+    """Decode and resize every page once, as the model's processor would, and keep the results: the trainer
+    calls its evaluator at every eval step, which then skips that work. The embeddings are unchanged. Memory:
+    the resized pages (about 1 MB each at 600*600 pixels). One thread: two were no faster on 2 CPU cores
+    (benchmarks/bench_evaluate.py)."""
+    _, resize = page_resizer(model)
+    pages = tqdm(data.corpus.values(), total=len(data.corpus), desc="Resizing pages", unit="page")
+    return RetrievalData(data.queries, dict(zip(data.corpus, map(resize, pages))), data.qrels)
+
+
 def encode_full_dim(
     model: SentenceTransformer, inputs: Sequence[Any], kind: str, batch_size: int, show_progress_bar: bool = True
 ) -> torch.Tensor:
@@ -90,25 +119,6 @@ def encode_full_dim(
     return embeddings.float().cpu()
 
 
-def score_dims(
-    model: SentenceTransformer,
-    query_embeddings: torch.Tensor,
-    corpus_embeddings: torch.Tensor,
-    data: RetrievalData,
-    dims: Sequence[int],
-    metrics: Sequence[str] = DEFAULT_METRICS,
-) -> dict[int, dict[str, float]]:
-    """Metrics at each dim from full-dimension embeddings, truncated and scored with the model's similarity
-    (cosine for these models, which re-normalises the truncated vectors)."""
-    qrels = qrels_by_position(data)
-    tie_break = corpus_tie_break(list(data.corpus))
-    results = {}
-    for dim in check_dims(dims, model, "Evaluation dims"):
-        scores = model.similarity(query_embeddings[:, :dim], corpus_embeddings[:, :dim])
-        results[dim] = retrieval_metrics(scores, qrels, metrics=metrics, tie_break=tie_break)
-    return results
-
-
 def evaluate_dims(
     model: SentenceTransformer,
     data: RetrievalData,
@@ -118,104 +128,140 @@ def evaluate_dims(
 ) -> dict[int, dict[str, float]]:
     """Encode ``data`` once and return ``{dim: {metric: value}}`` for every dim (default: full only)."""
     dims = check_dims(dims or [embedding_dimension(model)], model, "Evaluation dims")
-    preprocessor = PagePreprocessor(budget_bytes=0)  # one pass: nothing to keep pages for
-    embeddings = embed_dataset(model, data, batch_size, preprocessor, EmbeddingCache(None), {})
-    return score_dims(model, embeddings.queries, embeddings.corpus, data, dims, metrics)
+    queries = encode_full_dim(model, list(data.queries.values()), "query", batch_size)
+    corpus = encode_full_dim(model, list(data.corpus.values()), "document", batch_size)
+    return score_dims(model, queries, corpus, data, dims, metrics)
 
 
-def presize_corpus(model: SentenceTransformer, data: RetrievalData, workers: int = 2) -> RetrievalData:
-    """Decode and resize every page once, as the model's processor would, and keep the results: the trainer
-    calls its evaluator at every eval step, which then skips that work. The embeddings are unchanged. Memory:
-    the resized pages (about 1 MB each at 600*600 pixels)."""
-    key, resize = page_resizer(model)
-    pages = list(data.corpus.values())
-    resized: list[Any] = [None] * len(pages)
-    batches = PagePreprocessor(workers, budget_bytes=0).batches(
-        pages, range(len(pages)), 32, key, resize, EncodingStats()
-    )
-    with tqdm(total=len(pages), desc="Resizing pages", unit="page") as progress:
-        for indices, batch in batches:
-            for index, page in zip(indices, batch):
-                resized[index] = page
-            progress.update(len(batch))
-    return RetrievalData(data.queries, dict(zip(data.corpus, resized)), data.qrels, data.fingerprint)
-
-
-def encode_pages(
+def score_dims(
     model: SentenceTransformer,
-    pages: Sequence[Any],
-    batch_size: int,
-    preprocessor: PagePreprocessor,
-    dataset_key: str,
-    stats: EncodingStats,
-    show_progress_bar: bool = True,
-) -> torch.Tensor:
-    """Encode page images at full dimension: largest pages first (batches pad little), preprocessing overlapped."""
-    key, resize = page_resizer(model)
-    order = sorted(range(len(pages)), key=lambda i: -pixel_count(pages[i]))
-    embeddings: list[torch.Tensor | None] = [None] * len(pages)
-    progress = tqdm(total=len(pages), desc="Encoding pages", unit="page", disable=not show_progress_bar)
-    for indices, batch in preprocessor.batches(pages, order, batch_size, (dataset_key, *key), resize, stats):
-        start = time.perf_counter()
-        encoded = encode_full_dim(model, batch, "document", batch_size, show_progress_bar=False)
-        stats.encode_seconds += time.perf_counter() - start
-        stats.page_encodings += len(batch)
-        for index, vector in zip(indices, encoded):
-            embeddings[index] = vector
-        progress.update(len(batch))
-    progress.close()
-    return torch.stack(embeddings)
-
-
-@dataclass
-class ModelEmbeddings:
-    """A model's full-dimension query and page embeddings for one dataset."""
-
-    queries: torch.Tensor
-    corpus: torch.Tensor
-    stats: EncodingStats = field(default_factory=EncodingStats)
-
-
-def embed_dataset(
-    model: SentenceTransformer,
+    query_embeddings: torch.Tensor,
+    corpus_embeddings: torch.Tensor,
     data: RetrievalData,
-    batch_size: int,
-    preprocessor: PagePreprocessor,
-    cache: EmbeddingCache,
-    cache_key: dict[str, Any],
-) -> ModelEmbeddings:
-    """Queries and pages of ``data`` at full dimension, from the cache when it has them."""
-    stats = EncodingStats()
-    dataset_key = dataset_fingerprint(data) if cache.folder else data.fingerprint
-    embeddings = {}
-    for kind, inputs in (("queries", list(data.queries.values())), ("corpus", list(data.corpus.values()))):
-        key = {**cache_key, "dataset": dataset_key, "kind": kind}
-        cached = cache.load(key, rows=len(inputs))
-        if cached is not None:
-            stats.cache_hits += 1
-            embeddings[kind] = cached
-            continue
-        if kind == "queries":
-            embeddings[kind] = encode_full_dim(model, inputs, "query", batch_size)
-        else:
-            embeddings[kind] = encode_pages(model, inputs, batch_size, preprocessor, dataset_key, stats)
-        cache.save(key, embeddings[kind])
-    return ModelEmbeddings(embeddings["queries"], embeddings["corpus"], stats)
+    dims: Sequence[int],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> dict[int, dict[str, float]]:
+    """Metrics at each dim from full-dimension embeddings, scored with the model's similarity (cosine for these
+    models, which re-normalises the truncated vectors)."""
+    dims = check_dims(dims, model, "Evaluation dims")
+    return retrieval_scores(
+        query_embeddings, corpus_embeddings, data, dims, model.similarity, model.similarity_fn_name, metrics
+    )
 
 
-def qrels_by_position(data: RetrievalData) -> list[dict[int, float]]:
-    """Relevance judgements keyed by corpus position, one dict per query in ``data.queries`` order."""
-    position = {cid: index for index, cid in enumerate(data.corpus)}
-    return [{position[cid]: grade for cid, grade in data.qrels.get(qid, {}).items()} for qid in data.queries]
+def retrieval_scores(
+    query_embeddings: torch.Tensor,
+    corpus_embeddings: torch.Tensor,
+    data: RetrievalData,
+    dims: Sequence[int],
+    similarity: Similarity,
+    similarity_name: str = "cosine",
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> dict[int, dict[str, float]]:
+    """``{dim: {metric: value}}``: the first ``dim`` columns of the embeddings (rows in ``data.queries`` and
+    ``data.corpus`` order) scored by Sentence Transformers' evaluator, and NDCG by trec_eval when ``data`` has
+    graded judgements. Queries without a relevant page are left out, as the evaluator does."""
+    cutoffs = metric_cutoffs(metrics)
+    evaluator = PrecomputedEmbeddingsEvaluator(data, similarity, similarity_name, cutoffs)
+    if not evaluator.queries_ids:
+        raise VdrError("No query of the dataset has a relevant page (a qrels grade above 0): nothing to score.")
+    rows = torch.tensor(evaluator.query_positions, dtype=torch.long)
+    graded = has_graded_relevance(data)
+    results = {}
+    for dim in dims:
+        queries, corpus = query_embeddings[rows, :dim], corpus_embeddings[:, :dim]
+        values = evaluator.scores(queries, corpus)
+        if graded:
+            values |= graded_ndcg(similarity(queries, corpus), data, evaluator.queries_ids, cutoffs["ndcg_at_k"])
+        results[dim] = {name: values[name] for name in metrics}
+    return results
 
 
-def corpus_tie_break(corpus_ids: list[Any]) -> torch.Tensor:
-    """Rank of each corpus id in ascending id order: equal scores go to the smaller id, as in Sentence
-    Transformers' evaluator, so both report the same numbers even on ties."""
-    order = sorted(range(len(corpus_ids)), key=corpus_ids.__getitem__)
-    ranks = torch.empty(len(corpus_ids), dtype=torch.long)
-    ranks[torch.tensor(order, dtype=torch.long)] = torch.arange(len(corpus_ids))
-    return ranks
+def metric_cutoffs(metrics: Sequence[str]) -> dict[str, list[int]]:
+    """The evaluator's cut-off arguments for metric names such as ``ndcg@10`` (each family needs at least one)."""
+    cutoffs: dict[str, set[int]] = {argument: set() for argument in CUTOFF_ARGUMENTS.values()}
+    for name in metrics:
+        family, _, k = name.partition("@")
+        if family not in CUTOFF_ARGUMENTS or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"Unknown metric {name!r}: expected <{'|'.join(CUTOFF_ARGUMENTS)}>@<k>, e.g. 'ndcg@10'.")
+        cutoffs[CUTOFF_ARGUMENTS[family]].add(int(k))
+    return {argument: sorted(ks) or [1] for argument, ks in cutoffs.items()}
+
+
+class PrecomputedEmbeddingsEvaluator(InformationRetrievalEvaluator):
+    """Sentence Transformers' retrieval evaluator on embeddings computed beforehand. ``compute_all_metrics`` takes
+    the corpus embeddings as an argument but always encodes the queries itself, through ``embed_inputs``: that is
+    where the precomputed query embeddings come in."""
+
+    def __init__(self, data: RetrievalData, similarity: Similarity, name: str, cutoffs: dict[str, list[int]]):
+        super().__init__(
+            queries=data.queries,
+            corpus=data.corpus,
+            relevant_docs=data.relevant_docs(),
+            score_functions={name: similarity},
+            write_csv=False,
+            **cutoffs,
+        )
+        position = {qid: index for index, qid in enumerate(data.queries)}
+        #: Row of each scored query (those with a relevant page) in ``data.queries`` order.
+        self.query_positions = [position[qid] for qid in self.queries_ids]
+        self._query_embeddings: torch.Tensor | None = None
+
+    def scores(self, query_embeddings: torch.Tensor, corpus_embeddings: torch.Tensor) -> dict[str, float]:
+        """Every metric, named like ``ndcg@10``, for the scored queries' embeddings against the corpus'."""
+        self._query_embeddings = query_embeddings
+        with _quiet(st_information_retrieval.logger):  # it logs every figure at INFO, once per call
+            by_function = self.compute_all_metrics(model=None, corpus_embeddings=corpus_embeddings)
+        (by_family,) = by_function.values()
+        return {family.replace("@k", f"@{k}"): float(v) for family, by_k in by_family.items() for k, v in by_k.items()}
+
+    def embed_inputs(self, model: Any, sentences: Any, encode_fn_name: str | None = None, **kwargs) -> torch.Tensor:
+        if encode_fn_name != "query" or self._query_embeddings is None:
+            raise RuntimeError("Corpus embeddings are passed to compute_all_metrics; only queries come from here.")
+        return self._query_embeddings
+
+
+@contextmanager
+def _quiet(library_logger: logging.Logger) -> Iterator[None]:
+    saved = library_logger.level
+    library_logger.setLevel(max(saved, logging.WARNING))
+    try:
+        yield
+    finally:
+        library_logger.setLevel(saved)
+
+
+def has_graded_relevance(data: RetrievalData) -> bool:
+    """Whether the judgements use grades beyond relevant / not relevant (BEIR qrels may); trec_eval takes integer
+    grades only, so a fractional one is an error."""
+    grades = {grade for judged in data.qrels.values() for grade in judged.values()}
+    fractional = sorted(grade for grade in grades if not float(grade).is_integer())
+    if fractional:
+        raise VdrError(
+            f"The qrels hold fractional relevance grades ({', '.join(map(str, fractional[:3]))}); graded NDCG follows "
+            "trec_eval, which takes integer grades. Round the qrels' score column to integers."
+        )
+    return any(grade > 1 for grade in grades)
+
+
+def graded_ndcg(
+    scores: torch.Tensor, data: RetrievalData, query_ids: Sequence[Any], cutoffs: Sequence[int]
+) -> dict[str, float]:
+    """NDCG@k with the grades as gains, as trec_eval's ``ndcg_cut`` computes it (BEIR and MTEB use it too), mean
+    over ``query_ids`` (one score row each). trec_eval sees every page scoring at least a query's k-th best score:
+    that is all it ranks within the cut-off, ties at the cut-off included."""
+    import pytrec_eval
+
+    corpus_ids = [str(cid) for cid in data.corpus]
+    kth_best = scores.topk(min(max(cutoffs), scores.shape[1]), dim=1).values[:, -1:]
+    run = {}
+    for row, candidates in enumerate(scores >= kth_best):
+        docs = candidates.nonzero().squeeze(1).tolist()
+        run[str(query_ids[row])] = dict(zip((corpus_ids[doc] for doc in docs), scores[row, docs].tolist()))
+    qrels = {str(qid): {str(cid): int(grade) for cid, grade in data.qrels[qid].items()} for qid in query_ids}
+    measure = "ndcg_cut." + ",".join(map(str, cutoffs))
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {measure}).evaluate(run)
+    return {f"ndcg@{k}": fmean(values[f"ndcg_cut_{k}"] for values in per_query.values()) for k in cutoffs}
 
 
 def format_dims_table(results: dict[str, dict[int, dict[str, float]]], metric: str = "ndcg@10") -> str:
@@ -227,142 +273,3 @@ def format_dims_table(results: dict[str, dict[int, dict[str, float]]], metric: s
         cells = [f"{results[name][dim][metric]:>10.4f}" if dim in results[name] else f"{'-':>10}" for name in names]
         lines.append(f"{dim:>6}  " + "  ".join(cells))
     return f"{metric}\n" + "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class ModelCandidate:
-    """One model to score: its display name and where it loads from."""
-
-    name: str
-    path: str
-    training_run: Path | None = None  # the train_vdr.py output folder it came from, if any
-
-
-def expand_models(models: Sequence[str], all_checkpoints: bool = False) -> list[ModelCandidate]:
-    """Turn ``--model`` values into loadable models: a training output folder gives its final model (and, with
-    ``all_checkpoints``, every ``checkpoint-*``); anything else is taken as it is."""
-    candidates: list[ModelCandidate] = []
-    for value in models:
-        folder = Path(value).expanduser()
-        is_run = folder.is_dir() and ((folder / FINAL_MODEL_DIR).is_dir() or any(folder.glob("checkpoint-*")))
-        if not is_run:
-            if value == TINY_MODEL_ID:
-                name = value.split(":", 1)[1]
-            else:  # a local folder is named by its folder, a Hub id by the id
-                name = folder.resolve().name if folder.is_dir() else value.rstrip("/")
-            candidates.append(ModelCandidate(name, str(folder) if folder.is_dir() else value))
-            continue
-        run_name = folder.resolve().name
-        if all_checkpoints:
-            for checkpoint in sorted(folder.glob("checkpoint-*"), key=_checkpoint_step):
-                candidates.append(ModelCandidate(f"{run_name}/{checkpoint.name}", str(checkpoint), folder))
-        if (folder / FINAL_MODEL_DIR).is_dir():
-            candidates.append(ModelCandidate(run_name, str(folder / FINAL_MODEL_DIR), folder))
-        elif not all_checkpoints:
-            raise VdrError(
-                f"Training output '{value}' has no final model yet ({FINAL_MODEL_DIR}/). Pass --all_checkpoints to "
-                "score its checkpoints, or one checkpoint folder directly."
-            )
-    return _unique_names(candidates)
-
-
-def _checkpoint_step(path: Path) -> tuple[int, str]:
-    """Sort checkpoint-<step> folders by step (a folder with another suffix sorts last, by name)."""
-    suffix = path.name.split("-", 1)[-1]
-    return (int(suffix), "") if suffix.isdigit() else (1 << 62, path.name)
-
-
-def _unique_names(candidates: list[ModelCandidate]) -> list[ModelCandidate]:
-    seen: dict[str, int] = {}
-    unique = []
-    for candidate in candidates:
-        seen[candidate.name] = seen.get(candidate.name, 0) + 1
-        if seen[candidate.name] > 1:
-            candidate = ModelCandidate(
-                f"{candidate.name} ({seen[candidate.name]})", candidate.path, candidate.training_run
-            )
-        unique.append(candidate)
-    return unique
-
-
-def known_matryoshka_dims(model_path: str) -> list[int] | None:
-    """The dims a model was trained at: from train_vdr.py's record, else from its model card's loss settings."""
-    folder = Path(model_path)
-    info = folder / TRAINING_INFO_FILE
-    if info.is_file():
-        try:
-            return [int(dim) for dim in json.loads(info.read_text())["matryoshka_dims"]]
-        except (ValueError, KeyError, TypeError) as error:
-            raise VdrError(f"'{info}' is not a valid training record ({error}); pass --truncate_dims.") from None
-    card = folder / "README.md" if folder.is_dir() else _hub_model_card(model_path)
-    if card is not None and card.is_file():
-        match = re.search(r'"matryoshka_dims":\s*\[([\d,\s]+)\]', card.read_text(errors="ignore"))
-        if match:
-            return [int(dim) for dim in match.group(1).split(",")]
-    return None
-
-
-def _hub_model_card(model_id: str) -> Path | None:
-    """A Hub model's card (its README), whose training details list the Matryoshka dims; None when offline."""
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(model_id, "README.md"))
-    except Exception:
-        return None
-
-
-def load_for_evaluation(candidate: ModelCandidate, loading: ModelLoadingArguments) -> SentenceTransformer:
-    """Load a model with the same options as training; a folder without a model is a clear error."""
-    folder = Path(candidate.path)
-    if folder.is_dir() and not any((folder / name).exists() for name in ("modules.json", "config.json")):
-        raise VdrError(
-            f"'{candidate.path}' holds no model (no modules.json or config.json). Point --model at a model folder, a "
-            "train_vdr.py output folder, or a checkpoint-* folder."
-        )
-    return build_model(ModelArguments(model_name_or_path=candidate.path, **vars(loading)))
-
-
-def evaluation_dims(
-    model: SentenceTransformer, candidate: ModelCandidate, requested: Sequence[int] | None
-) -> list[int]:
-    """Requested dims, else the model's Matryoshka dims, else its full dim; all checked against the model."""
-    dims = requested or known_matryoshka_dims(candidate.path) or [embedding_dimension(model)]
-    return check_dims(dims, model, "Evaluation dims")
-
-
-def score_model(
-    model: SentenceTransformer,
-    candidate: ModelCandidate,
-    datasets: dict[str, RetrievalData],
-    dims: list[int],
-    batch_size: int,
-    preprocessor: PagePreprocessor,
-    cache: EmbeddingCache,
-    cache_key: dict[str, Any],
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """Records (one per dataset x dim) for one model, and its encoding statistics per dataset."""
-    records, stats = [], {}
-    for name, data in datasets.items():
-        start = time.perf_counter()
-        embeddings = embed_dataset(model, data, batch_size, preprocessor, cache, cache_key)
-        for dim, values in score_dims(model, embeddings.queries, embeddings.corpus, data, dims).items():
-            records.append(
-                {
-                    "model": candidate.name,
-                    "dataset": name,
-                    "dim": dim,
-                    "num_queries": int(values.pop("num_queries")),
-                    "num_documents": len(data.corpus),
-                    "metrics": {k: v for k, v in values.items() if k != "num_queries_without_relevant"},
-                }
-            )
-        stats[name] = {**embeddings.stats.as_dict(), "seconds": time.perf_counter() - start}
-    return records, stats
-
-
-def read_training_metrics(candidate: ModelCandidate) -> dict[str, Any] | None:
-    """The metrics.json of the training run a candidate came from, if there is one."""
-    if candidate.training_run is None or not (candidate.training_run / METRICS_FILE).is_file():
-        return None
-    return json.loads((candidate.training_run / METRICS_FILE).read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,22 @@ PROCESSING_KWARGS = {"chat_template": {"add_generation_prompt": True}}
 # min_pixels / max_pixels (the recipe's processor_kwargs) are applied when the processor loads, but transformers
 # 5.23 also sees them on every call and warns each time; the values still take effect, so that one warning is noise.
 warnings.filterwarnings("ignore", message="Passing `min_pixels` and `max_pixels` to a processor call is deprecated")
+
+
+class UnusedLmHeadReportFilter(logging.Filter):
+    """Drops transformers' load report when its only finding is the checkpoint's ``lm_head.weight`` left unused: an
+    embedding model loads the Qwen3-VL backbone without its language-model head, as intended. A report with any
+    other finding (a missing or mismatched weight) still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = re.findall(r"^(\S+)\s*\|\s*(?:\x1b\[[\d;]*m)*([A-Z]+)", message, flags=re.MULTILINE)
+        return {(key, status) for key, status in rows if key != "Key"} != {("lm_head.weight", "UNEXPECTED")}
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(UnusedLmHeadReportFilter())
 
 
 def resolve_model_path(model_name_or_path: str) -> str:

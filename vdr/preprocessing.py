@@ -1,29 +1,24 @@
-"""Page preprocessing for evaluation: decode and resize each page once, in worker threads, ahead of the encoder.
+"""Page preprocessing for evaluation: decode and resize each page once, and keep the resized pages for the next model.
 
 Decoding and resizing a full-size page costs far more CPU time than a GPU spends encoding it (about 45 ms per
 150-DPI A4 page on one core, against a few ms on an H100). Pages are resized here with the model's own image
 processor ``resize``, so the processor later finds them already at their target size and the embeddings are
-bit-identical to encoding the original pages (tests check this, transparent pages included).
+bit-identical to encoding the original pages (tests check this, transparent pages included). A second model with
+the same processor settings then reuses the resized pages (benchmarks/bench_evaluate.py measures what that saves).
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 from vdr.data import PageRef, open_page
-
-logger = logging.getLogger(__name__)
-
-#: Batches resized ahead of the encoder: enough to hide preprocessing behind encoding, with bounded memory.
-BATCHES_AHEAD = 4
 
 Resize = Callable[[Any], Image.Image]
 
@@ -34,7 +29,7 @@ class EncodingStats:
 
     page_encodings: int = 0
     page_preprocessings: int = 0
-    preprocess_seconds: float = 0.0  # summed over worker threads
+    preprocess_seconds: float = 0.0
     encode_seconds: float = 0.0
     cache_hits: int = 0
 
@@ -53,7 +48,6 @@ def page_resizer(model: SentenceTransformer) -> tuple[tuple, Resize]:
     image_processor = getattr(getattr(model[0], "processor", None), "image_processor", None)
     if not isinstance(image_processor, Qwen2VLImageProcessor) or not getattr(image_processor, "do_resize", True):
         return ("as-is",), open_page
-    from torchvision.transforms.v2 import functional as tvF
     from transformers.image_transforms import convert_to_rgb
 
     size, resample = image_processor.size, image_processor.resample
@@ -62,7 +56,8 @@ def page_resizer(model: SentenceTransformer) -> tuple[tuple, Resize]:
 
     def resize(page: Any) -> Image.Image:
         # convert_to_rgb composites transparency onto white, exactly as the processor does
-        pixels = tvF.pil_to_tensor(convert_to_rgb(open_page(page)))[None]
+        rgb = torch.from_numpy(convert_to_rgb(open_page(page), return_numpy=True))
+        pixels = rgb.permute(2, 0, 1).contiguous()[None]  # (1, C, H, W), as the processor lays it out
         resized = image_processor.resize(images=pixels, size=size, resample=resample, factor=factor)[0]
         return Image.fromarray(resized.permute(1, 2, 0).numpy())
 
@@ -77,53 +72,26 @@ def pixel_count(page: PageRef | Image.Image | Any) -> int:
     return page.width * page.height if hasattr(page, "width") else 0
 
 
-class PagePreprocessor:
-    """Resizes pages in worker threads, ahead of the encoder, and keeps resized pages within a memory budget so
-    the next model with the same processor settings skips the work."""
+class ResizedPageCache:
+    """Resized pages kept in memory, within a budget, so that the next model with the same processor settings
+    skips decoding and resizing them; beyond the budget pages are resized again. ``budget_bytes=0`` keeps none."""
 
-    def __init__(self, workers: int = 2, budget_bytes: int = 4 << 30):
-        self.workers = workers
+    def __init__(self, budget_bytes: int = 4 << 30):
         self.budget_bytes = budget_bytes
         self.kept_bytes = 0
         self._kept: dict[tuple, Image.Image] = {}
 
-    def batches(
-        self,
-        pages: Sequence[Any],
-        order: Sequence[int],
-        batch_size: int,
-        key: tuple,
-        resize: Resize,
-        stats: EncodingStats,
-    ) -> Iterator[tuple[list[int], list[Image.Image]]]:
-        """Yield ``(indices, resized pages)`` batches in ``order``, up to ``BATCHES_AHEAD`` batches in advance."""
-
-        def prepare(index: int) -> Image.Image:
-            kept = self._kept.get((*key, index))
-            if kept is not None:
-                return kept
-            start = time.perf_counter()
-            page = resize(pages[index])
-            stats.preprocess_seconds += time.perf_counter() - start
-            stats.page_preprocessings += 1
-            self._keep((*key, index), page)
-            return page
-
-        chunks = [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
-        if self.workers == 0:
-            for chunk in chunks:
-                yield chunk, [prepare(i) for i in chunk]
-            return
-        with ThreadPoolExecutor(self.workers) as pool:
-            pending = [[pool.submit(prepare, i) for i in chunk] for chunk in chunks[:BATCHES_AHEAD]]
-            for number, chunk in enumerate(chunks):
-                if number + BATCHES_AHEAD < len(chunks):
-                    pending.append([pool.submit(prepare, i) for i in chunks[number + BATCHES_AHEAD]])
-                yield chunk, [future.result() for future in pending[number]]
-                pending[number] = []  # release the batch
-
-    def _keep(self, key: tuple, page: Image.Image) -> None:
-        size = page.width * page.height * 3
+    def resized(self, key: tuple, page: Any, resize: Resize, stats: EncodingStats) -> Image.Image:
+        """``page`` resized by ``resize``; ``key`` names the page and the resize settings."""
+        kept = self._kept.get(key)
+        if kept is not None:
+            return kept
+        start = time.perf_counter()
+        resized = resize(page)
+        stats.preprocess_seconds += time.perf_counter() - start
+        stats.page_preprocessings += 1
+        size = resized.width * resized.height * len(resized.getbands())
         if self.kept_bytes + size <= self.budget_bytes:
-            self._kept[key] = page
+            self._kept[key] = resized
             self.kept_bytes += size
+        return resized
