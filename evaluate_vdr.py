@@ -200,7 +200,13 @@ def write_outputs(
     write_results(output_dir, records, metadata)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: parse, run, and turn a user's mistake into one message and an exit code."""
+    argv = sys.argv if argv is None else argv
+    run_cli(lambda: main(*make_parser().parse(argv[1:])))
+
+
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    run_cli(lambda: main(*make_parser().parse(sys.argv[1:])))
+    cli()
