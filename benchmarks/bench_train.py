@@ -263,6 +263,8 @@ def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     if args.fresh_cache:
         os.environ["VDR_CACHE"] = str(work / "cache")
+    if args.only_end_to_end:
+        return end_to_end(args, work)
     page_cache = work / "page-cache"
     print(f"Machine: {os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.2f}; "
           f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")  # fmt: skip
@@ -365,7 +367,8 @@ def end_to_end(args: argparse.Namespace, work: Path) -> None:
     before = args.e2e_rows / float(results[0][1].split()[0])
     for row in results:
         row.append(f"**{float(row[2]) / before:.1f}x**")
-    print(f"\ntrain_vdr.py end to end ({args.e2e_rows} rows, one epoch, wall time of the whole command):")
+    settings = f"{args.e2e_rows} rows, batch {args.batch_size}, mini-batch {args.mini_batch_size}, one epoch"
+    print(f"\ntrain_vdr.py end to end ({settings}; wall time of the command; load {os.getloadavg()[0]:.2f}):")
     print(table(["run", "wall", "rows/s", "vs before"], results))
 
 
@@ -383,6 +386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="Training steps timed for the step split.")
     parser.add_argument("--torch_threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--end_to_end", action="store_true", help="Also time train_vdr.py before and after.")
+    parser.add_argument("--only_end_to_end", action="store_true", help="Only time train_vdr.py before and after.")
     parser.add_argument("--e2e_rows", type=int, default=96)
     parser.add_argument("--fresh_cache", action="store_true", help="Build the tiny model in a temporary cache.")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that the benchmark runs.")
