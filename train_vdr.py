@@ -41,6 +41,7 @@ from vdr.evaluation import build_training_evaluation, evaluate_dims, format_dims
 from vdr.loss import build_loss
 from vdr.model import build_model, check_truncate_dim
 from vdr.provenance import snapshot_arguments, write_run_config
+from vdr.train_pages import presize_page_columns
 from vdr.training import (
     check_enough_rows,
     check_output_dir,
@@ -116,7 +117,11 @@ def main(
             )
             logger.info("Base model:\n%s", format_dims_table({"base": base_scores}))
 
-    # 6. Trainer
+    # 6. Trainer, on pages resized once to the model's pixel budget (cached on disk; bit-identical pixel values)
+    if data_args.presize_pages:
+        train_dataset = presize_page_columns(model, train_dataset)
+        if evaluation is not None:
+            evaluation.loss_dataset = presize_page_columns(model, evaluation.loss_dataset)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=training_args,

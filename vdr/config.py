@@ -134,6 +134,14 @@ class DataArguments(SourceArguments):
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    # --- training data path (issue #13) ---
+    presize_pages: bool = field(
+        default=True,
+        metadata={
+            "help": "Resize training pages once to the model's pixel budget and cache them on disk "
+            "($VDR_CACHE/train-pages); the model sees bit-identical pixels at a fraction of the CPU cost."
+        },
+    )
     def __post_init__(self):
         if self.eval_split_size < 0:
             raise ValueError(f"eval_split_size must be 0 or more, got {self.eval_split_size}.")
