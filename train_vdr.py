@@ -107,12 +107,15 @@ def main(
             add_lora_adapter(built, lora_args, model_args)
         return built
 
-    model = build_trainable_model()
-    check_truncate_dim(model, model_args.truncate_dim)
-    logger.info("Model:\n%s", model)
+    # With several processes the main one loads first: a Hub download, the tiny model and generated pages are made
+    # once, into the caches the others then read.
+    with training_args.main_process_first(desc="loading the model and data"):
+        model = build_trainable_model()
+        check_truncate_dim(model, model_args.truncate_dim)
+        logger.info("Model:\n%s", model)
 
-    # 2. Dataset: (query, page, hard negatives) rows; evaluation rows hold every negative column
-    train_dataset, eval_rows = load_training_data(data_args, seed=training_args.seed)
+        # 2. Dataset: (query, page, hard negatives) rows; evaluation rows hold every negative column
+        train_dataset, eval_rows = load_training_data(data_args, seed=training_args.seed)
     check_enough_rows(len(train_dataset), training_args)
     logger.info("Training rows: %s", train_dataset)
 
