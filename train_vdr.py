@@ -13,8 +13,12 @@ Usage:
     # Any argument can be overridden on the command line:
     python train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr.yaml --learning_rate 1e-5 --max_pixels 802816
 
-    # Multi-GPU (data parallel):
-    accelerate launch train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr.yaml --gather_across_devices true
+    # Multi-GPU (data parallel, negatives shared across devices; see the README's "Scaling up"):
+    torchrun --nproc_per_node 4 train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr.yaml \
+        --per_device_train_batch_size 16 --gather_across_devices true
+
+    # LoRA on a 24 GB card:
+    python train_vdr.py --config configs/qwen3-vl-embedding-8b-vdr-lora.yaml
 
 Run `python train_vdr.py --help` for every argument, SentenceTransformerTrainingArguments included.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from functools import partial
 
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
@@ -36,8 +41,10 @@ from vdr.config import (
     check_training_run,
 )
 from vdr.data import load_training_data
+from vdr.distributed import on_main_process, whole_trained_model
 from vdr.errors import run_cli
 from vdr.evaluation import build_training_evaluation, evaluate_dims, format_dims_table
+from vdr.lora import LoraArguments, add_lora_adapter, save_final
 from vdr.loss import build_loss
 from vdr.model import build_model, check_truncate_dim
 from vdr.provenance import snapshot_arguments, write_run_config
@@ -48,7 +55,6 @@ from vdr.training import (
     push_to_hub,
     resolve_resume_checkpoint,
     resolved_settings,
-    save_final_model,
     set_training_prompts,
     train,
     write_metrics,
@@ -59,7 +65,14 @@ logger = logging.getLogger("train_vdr")
 
 def make_parser() -> ConfigParser:
     return ConfigParser(
-        (ModelArguments, DataArguments, LossArguments, EvaluationArguments, SentenceTransformerTrainingArguments),
+        (
+            ModelArguments,
+            DataArguments,
+            LossArguments,
+            EvaluationArguments,
+            SentenceTransformerTrainingArguments,
+            LoraArguments,  # last, so the first five groups keep their places
+        ),
         prog="train_vdr.py",
         description=__doc__.split("\n")[0],
     )
@@ -71,13 +84,15 @@ def main(
     loss_args: LossArguments,
     eval_args: EvaluationArguments,
     training_args: SentenceTransformerTrainingArguments,
+    lora_args: LoraArguments | None = None,
     argv: list[str] | None = None,
 ) -> dict:
+    lora_args = lora_args or LoraArguments()
     # 0. Before anything loads: the arguments, the output folder and the checkpoint to resume from; the run's record
     check_training_run(model_args, data_args, loss_args, training_args)
     resume_checkpoint = resolve_resume_checkpoint(training_args)
     check_output_dir(training_args.output_dir, resuming=resume_checkpoint is not None)
-    groups = [model_args, data_args, loss_args, eval_args, training_args]
+    groups = [model_args, data_args, loss_args, eval_args, training_args, lora_args]
     requested = snapshot_arguments(groups)
     write_run_config(training_args.output_dir, requested, argv or [])
     # The final model is pushed once, after its local save (step 9), not by the trainer at every checkpoint; the
@@ -85,13 +100,23 @@ def main(
     push_requested, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub, training_args.hub_token = False, None
 
-    # 1. Model: a Sentence Transformers checkpoint as it is, or a VLM with last-token pooling + normalisation
-    model = build_model(model_args, SentenceTransformerModelCardData(model_name=training_args.run_name or None))
-    check_truncate_dim(model, model_args.truncate_dim)
-    logger.info("Model:\n%s", model)
+    # 1. Model: a Sentence Transformers checkpoint as it is, or a VLM with last-token pooling + normalisation;
+    # with --lora true, frozen, with trainable LoRA adapters
+    def build_trainable_model():
+        built = build_model(model_args, SentenceTransformerModelCardData(model_name=training_args.run_name or None))
+        if lora_args.lora:
+            add_lora_adapter(built, lora_args, model_args)
+        return built
 
-    # 2. Dataset: (query, page, hard negatives) rows; evaluation rows hold every negative column
-    train_dataset, eval_rows = load_training_data(data_args, seed=training_args.seed)
+    # With several processes the main one loads first: a Hub download, the tiny model and generated pages are made
+    # once, into the caches the others then read.
+    with training_args.main_process_first(desc="loading the model and data"):
+        model = build_trainable_model()
+        check_truncate_dim(model, model_args.truncate_dim)
+        logger.info("Model:\n%s", model)
+
+        # 2. Dataset: (query, page, hard negatives) rows; evaluation rows hold every negative column
+        train_dataset, eval_rows = load_training_data(data_args, seed=training_args.seed)
     check_enough_rows(len(train_dataset), training_args)
     logger.info("Training rows: %s", train_dataset)
 
@@ -111,11 +136,13 @@ def main(
             model, eval_rows, data_args, eval_args.eval_name, eval_args.evaluator_batch_size
         )
         logger.info("Evaluation: %d queries, %d pages", len(evaluation.data.queries), len(evaluation.data.corpus))
-        if eval_args.evaluate_base_model:
-            base_scores = evaluate_dims(
-                model, evaluation.data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size
+        if eval_args.evaluate_base_model:  # on the main process; the others wait
+            score_base = partial(
+                evaluate_dims, model, evaluation.data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size
             )
-            logger.info("Base model:\n%s", format_dims_table({"base": base_scores}))
+            base_scores = on_main_process(training_args, score_base) or {}
+            if base_scores:
+                logger.info("Base model:\n%s", format_dims_table({"base": base_scores}))
 
     # 6. Trainer, on pages resized once to the model's pixel budget (cached on disk; bit-identical pixel values)
     if data_args.presize_pages:
@@ -132,22 +159,32 @@ def main(
     )
     train(trainer, resume_checkpoint, argv or [])
 
-    # 7. Save the final model (with its default truncate_dim) before anything else can fail
-    if not trainer.is_world_process_zero():
-        return {}
-    final_dir = save_final_model(model, training_args.output_dir, model_args.truncate_dim, loss_args.matryoshka_dims)
+    # 7-8. On the main process only (the others wait): save the final model (with its default truncate_dim, a LoRA
+    # adapter merged unless --lora_merge false) before anything else can fail, then evaluate it at every Matryoshka
+    # dimension from one encoding of the corpus, and write metrics.json
+    trained = whole_trained_model(trainer, model, build_trainable_model)
 
-    # 8. Final evaluation at every Matryoshka dimension, from one encoding of the corpus, and metrics.json
-    final_scores: dict = {}
-    if evaluation is not None:
-        final_scores = evaluate_dims(model, evaluation.data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size)
-        logger.info("Before and after training:\n%s", format_dims_table({"base": base_scores, "final": final_scores}))
-    metrics = write_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
+    def save_and_evaluate() -> tuple:
+        final_dir = save_final(
+            trained, training_args.output_dir, model_args.truncate_dim, loss_args.matryoshka_dims, lora_args, model_args
+        )
+        final_scores: dict = {}
+        if evaluation is not None:
+            dims, batch_size = loss_args.matryoshka_dims, eval_args.evaluator_batch_size
+            final_scores = evaluate_dims(trained, evaluation.data, dims, batch_size)
+            table = format_dims_table({"base": base_scores, "final": final_scores})
+            logger.info("Before and after training:\n%s", table)
+        return final_dir, write_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
+
+    finished = on_main_process(training_args, save_and_evaluate)
+    if finished is None:
+        return {}
+    final_dir, metrics = finished
     print(metrics["summary"])
 
     # 9. (Optional) Push to the Hugging Face Hub; a failure keeps the local copy and says how to retry
     if push_requested:
-        push_to_hub(model, final_dir, training_args, hub_token)
+        push_to_hub(trained, final_dir, training_args, hub_token)
     return metrics
 
 

@@ -16,7 +16,7 @@ SHIPPED_CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
 
 
 def parse(*argv: str):
-    model, data, loss, evaluation, training = make_parser().parse(list(argv))
+    model, data, loss, evaluation, training, _lora = make_parser().parse(list(argv))
     return model, data, loss, evaluation, training
 
 

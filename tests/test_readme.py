@@ -98,7 +98,7 @@ def check_arguments(module, arguments: list[str], error: str | None) -> None:
         if module.__name__ == "train_vdr":
             from vdr.config import check_training_run
 
-            model, data, loss, _, training = groups
+            model, data, loss, _, training, _lora = groups
             check_training_run(model, data, loss, training)
     except SystemExit as exit_info:  # --help
         assert exit_info.code == 0 and "--help" in arguments

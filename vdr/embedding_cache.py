@@ -88,6 +88,10 @@ def model_fingerprint(model_path: str, revision: str | None = None) -> str:
         with path.open("rb") as handle:
             while chunk := handle.read(8 << 20):
                 digest.update(chunk)
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file():  # a LoRA adapter alone: its embeddings depend on the base model's weights too
+        base = json.loads(adapter_config.read_text())
+        digest.update(model_fingerprint(base["base_model_name_or_path"], base.get("revision")).encode())
     return digest.hexdigest()
 
 
