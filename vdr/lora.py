@@ -21,7 +21,6 @@ from transformers import PreTrainedModel
 
 from vdr.config import ModelArguments, looks_like_local_path
 from vdr.model import model_kwargs, resolve_model_path
-from vdr.peft_compat import accept_installed_peft
 from vdr.training import save_final_model
 
 logger = logging.getLogger(__name__)
@@ -98,7 +97,6 @@ def add_lora_adapter(model: SentenceTransformer, lora_args: LoraArguments, model
     """Freeze the model and add trainable LoRA adapters under PEFT's default name (the one that resumes)."""
     from peft.functional import cast_adapter_dtype
 
-    accept_installed_peft()
     config = lora_config(lora_args, portable_base_model(model_args), model_args.revision)
     model.add_adapter(config)
     backbone = model.transformers_model

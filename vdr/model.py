@@ -18,7 +18,6 @@ from sentence_transformers.util.file_io import is_sentence_transformer_model
 
 from vdr.config import ModelArguments, looks_like_local_path
 from vdr.errors import VdrError
-from vdr.peft_compat import accept_installed_peft
 from vdr.tiny_model import TINY_MODEL_ID, ensure_tiny_qwen3_vl
 
 logger = logging.getLogger(__name__)
@@ -99,7 +98,6 @@ def build_model(
     would be mean pooling without normalisation, which is wrong for Qwen3-VL embedders.
     """
     path = resolve_model_path(args.model_name_or_path)
-    accept_installed_peft()  # a LoRA adapter-only model loads through transformers' adapter support
     load_kwargs = {"model_kwargs": model_kwargs(args), "processor_kwargs": processor_kwargs(args)}
     try:
         if is_sentence_transformer_model(path, revision=args.revision):
