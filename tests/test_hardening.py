@@ -52,6 +52,11 @@ def assert_clean_error(code: int, printed: str, message: str, expected_code: int
     assert printed.count("error:") == 1  # one message, printed once
 
 
+def out(folder: Path) -> list[str]:
+    """An output folder of the test's own: the config's default (outputs/...) may hold a run from elsewhere."""
+    return ["--output_dir", str(folder / "out")]
+
+
 def write_yaml(tmp_path: Path, text: str) -> str:
     path = tmp_path / "config.yaml"
     path.write_text(f"model_name_or_path: {NO_MODEL}\noutput_dir: {tmp_path / 'out'}\n{text}")
@@ -118,17 +123,18 @@ def test_a_null_or_empty_query_is_named_by_its_line(jsonl_rows, capfd, bad_query
     folder, rows = jsonl_rows
     rows[2]["query"] = bad_query
     data = write_jsonl(folder / "train.jsonl", rows)
-    code, printed = run(train_vdr, ["--config", QUICKSTART, "--train_dataset", data], capfd)
+    code, printed = run(train_vdr, ["--config", QUICKSTART, "--train_dataset", data, *out(folder)], capfd)
     # row index 2 is the third line of the file
     assert_clean_error(code, printed, f"{data}: line 3, column 'query' should hold a non-empty query text")
 
 
 def test_empty_file_and_empty_glob_say_so(tmp_path, capfd):
     (tmp_path / "train.jsonl").write_text("\n")
-    code, printed = run(train_vdr, ["--config", QUICKSTART, "--train_dataset", str(tmp_path / "train.jsonl")], capfd)
+    argv = ["--config", QUICKSTART, "--train_dataset", str(tmp_path / "train.jsonl"), *out(tmp_path)]
+    code, printed = run(train_vdr, argv, capfd)
     assert_clean_error(code, printed, "is empty: it holds no rows")
     pattern = str(tmp_path / "nothing-*.jsonl")
-    code, printed = run(train_vdr, ["--config", QUICKSTART, "--train_dataset", pattern], capfd)
+    code, printed = run(train_vdr, ["--config", QUICKSTART, "--train_dataset", pattern, *out(tmp_path)], capfd)
     assert_clean_error(code, printed, f"Dataset pattern '{pattern}' matches no file")
 
 
@@ -139,7 +145,7 @@ def test_a_damaged_save_to_disk_folder_is_named(jsonl_rows, capfd, damage):
     Dataset.from_list([{"query": row["query"]} for row in rows]).save_to_disk(str(saved))
     victim = next(saved.glob("*.arrow")) if damage == "arrow" else saved / damage
     victim.unlink()
-    code, printed = run(train_vdr, ["--config", QUICKSTART, "--train_dataset", str(saved)], capfd)
+    code, printed = run(train_vdr, ["--config", QUICKSTART, "--train_dataset", str(saved), *out(folder)], capfd)
     assert_clean_error(code, printed, f"Dataset folder '{saved}' looks like a datasets.save_to_disk folder but")
 
 
