@@ -18,11 +18,16 @@ Usage:
     # A BEIR-layout benchmark (corpus / queries / qrels configs, as the ViDoRe v2 and v3 sets on the Hub)
     python evaluate_vdr.py --model models/Qwen3-VL-Embedding-2B-vdr --dataset path=vidore/esg_reports_v2,layout=beir
 
+    # Choosing what to deploy: single-vector (every dim x float32 / int8 / binary), multi-vector and BM25 side by side
+    python evaluate_vdr.py --model outputs/quickstart --model outputs/quickstart-multivector --model bm25 \\
+        --dataset generated:pages --max_pixels 36864 --num_generated_rows 64 --generated_seed 1
+
     # Every checkpoint of a training run
     python evaluate_vdr.py --model models/Qwen3-VL-Embedding-2B-vdr --all_checkpoints true --dataset ...
 
 Outputs in --output_dir: results.json, results.csv, results.md, ndcg_by_dim.png, ndcg_by_model.png (several
-models) and training_<run>.png (base vs finetuned, for training output folders).
+models), training_<run>.png (base vs finetuned, for training output folders), and the storage-against-quality
+report: storage.csv, ndcg_vs_bytes.png and a table in results.md.
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ import torch
 from vdr.cache import default_cache_dir
 from vdr.config import ConfigParser, EvaluateArguments, ModelLoadingArguments
 from vdr.data import DatasetSpec, load_retrieval_data
+from vdr.deployment import (  # issue 12
+    quantized_storage_collector,
+    score_other_kinds,
+    storage_table,
+    write_storage_report,
+)
 from vdr.embedding_cache import EmbeddingCache, model_fingerprint
 from vdr.errors import VdrError, run_cli
 from vdr.evaluation import evaluation_dims, expand_models, load_for_evaluation, read_training_metrics, score_model
@@ -84,19 +95,30 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
     records: list[dict] = []
     models: dict[str, dict] = {}
     errors: list[str] = []
+    storage: list[dict] = []  # issue 12: every model x dataset x dim x precision, with bytes per page
+    notes: list[str] = []  # issue 12
     for candidate in candidates:
         model = None
         try:
-            model = load_for_evaluation(candidate, loading)
-            dims = evaluation_dims(model, candidate, args.truncate_dims)
-            # Hashing every model file takes seconds for a 2B model: only the cache needs it.
-            fingerprint = (
-                model_fingerprint(resolve_model_path(candidate.path), loading.revision) if cache.folder else None
-            )
-            cache_key = {"model": fingerprint, "loading": vars(loading)}
-            model_records, stats = score_model(
-                model, candidate, datasets, dims, args.batch_size, preprocessor, cache, cache_key
-            )
+            # --- issue 12: the BM25 text baseline and multi-vector models are scored by vdr/deployment.py ---
+            other = score_other_kinds(candidate, datasets, loading, args, preprocessor, cache)
+            if other is not None:
+                model_records, stats, dims, fingerprint = other.records, other.stats, other.dims, other.fingerprint
+                storage += other.storage
+                notes += other.notes
+            else:
+                # --- end issue 12 ---
+                model = load_for_evaluation(candidate, loading)
+                dims = evaluation_dims(model, candidate, args.truncate_dims)
+                # Hashing every model file takes seconds for a 2B model: only the cache needs it.
+                fingerprint = (
+                    model_fingerprint(resolve_model_path(candidate.path), loading.revision) if cache.folder else None
+                )
+                cache_key = {"model": fingerprint, "loading": vars(loading)}
+                collect_storage = quantized_storage_collector(candidate.name, dims, args, storage)  # issue 12
+                model_records, stats = score_model(
+                    model, candidate, datasets, dims, args.batch_size, preprocessor, cache, cache_key, collect_storage
+                )
         except (VdrError, torch.OutOfMemoryError) as error:
             hint = " Lower --batch_size or --max_pixels." if isinstance(error, torch.OutOfMemoryError) else ""
             logger.error("Skipping model '%s': %s%s", candidate.name, error, hint)
@@ -114,7 +136,7 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
             "fingerprint": fingerprint,
             "stats": stats,
         }
-        write_outputs(output_dir, records, models, specs, loading, args, start)  # results so far are never lost
+        write_outputs(output_dir, records, models, specs, loading, args, start, storage, notes)  # never lost
 
     # 4. Plots and the summary table
     if records:
@@ -122,6 +144,7 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
         if len(models) > 1:
             plot_ndcg_by_model(records, output_dir / "ndcg_by_model.png")
         print(markdown_table(records))
+        print(storage_table(storage) if storage else "")  # issue 12
     one_per_run = {candidate.training_run: candidate for candidate in candidates if candidate.training_run}
     for candidate in one_per_run.values():
         metrics = read_training_metrics(candidate)
@@ -143,6 +166,8 @@ def write_outputs(
     loading: ModelLoadingArguments,
     args: EvaluateArguments,
     start: float,
+    storage: list[dict] | None = None,
+    notes: list[str] | None = None,
 ) -> None:
     metadata = {
         "models": models,
@@ -150,8 +175,11 @@ def write_outputs(
         "settings": {"loading": vars(loading), "evaluation": vars(args)},
         "versions": library_versions(),
         "wall_seconds": round(time.perf_counter() - start, 2),
+        "storage": storage or [],  # issue 12
+        "notes": notes or [],
     }
     write_results(output_dir, records, metadata)
+    write_storage_report(output_dir, storage or [], notes or [])  # issue 12: appended to results.md
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Usage:
     # Any argument can be overridden on the command line:
     python train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr.yaml --learning_rate 1e-5 --max_pixels 802816
 
+    # Late interaction (ColPali-style multi-vector), offline quickstart and the reference setting:
+    python train_vdr.py --config configs/quickstart-multivector.yaml
+    python train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr-multivector.yaml
+
     # Multi-GPU (data parallel):
     accelerate launch train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr.yaml --gather_across_devices true
 
@@ -40,6 +44,7 @@ from vdr.errors import run_cli
 from vdr.evaluation import build_training_evaluation, evaluate_dims, format_dims_table
 from vdr.loss import build_loss
 from vdr.model import build_model, check_truncate_dim
+from vdr.multi_vector_training import train_multi_vector  # issue 12
 from vdr.provenance import snapshot_arguments, write_run_config
 from vdr.training import (
     check_enough_rows,
@@ -72,6 +77,12 @@ def main(
     training_args: SentenceTransformerTrainingArguments,
     argv: list[str] | None = None,
 ) -> dict:
+    # --- issue 12: late interaction (model_type: multi_vector) runs the same steps with its own model, loss,
+    # evaluator and trainer ---
+    if model_args.model_type == "multi_vector":
+        return train_multi_vector(model_args, data_args, loss_args, eval_args, training_args, argv or [])
+    # --- end issue 12 ---
+
     # 0. Before anything loads: the arguments, the output folder and the checkpoint to resume from; the run's record
     check_training_run(model_args, data_args, loss_args, training_args)
     resume_checkpoint = resolve_resume_checkpoint(training_args)

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,12 +340,16 @@ def score_model(
     preprocessor: PagePreprocessor,
     cache: EmbeddingCache,
     cache_key: dict[str, Any],
+    on_embeddings: Callable[[str, RetrievalData, ModelEmbeddings], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """Records (one per dataset x dim) for one model, and its encoding statistics per dataset."""
+    """Records (one per dataset x dim) for one model, and its encoding statistics per dataset. ``on_embeddings``
+    (issue 12: quantized storage) also gets each dataset's full-dimension embeddings."""
     records, stats = [], {}
     for name, data in datasets.items():
         start = time.perf_counter()
         embeddings = embed_dataset(model, data, batch_size, preprocessor, cache, cache_key)
+        if on_embeddings is not None:  # issue 12
+            on_embeddings(name, data, embeddings)
         for dim, values in score_dims(model, embeddings.queries, embeddings.corpus, data, dims).items():
             records.append(
                 {
