@@ -22,6 +22,7 @@ from sentence_transformers.multi_vector_encoder import (
     MultiVectorEncoderTrainer,
     MultiVectorEncoderTrainingArguments,
 )
+from transformers import set_seed
 
 from vdr.config import (
     DataArguments,
@@ -102,7 +103,9 @@ def train_multi_vector(
     push_requested, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub, training_args.hub_token = False, None
 
-    # 1. Model: the base with a new 128-d token projection, a scoring mask and token-level normalisation
+    # 1. Model: the base with a new 128-d token projection, a scoring mask and token-level normalisation. Seeded
+    # first: the projection is randomly initialised, and the base model's score would vary from run to run.
+    set_seed(training_args.seed)
     card = MultiVectorEncoderModelCardData(model_name=training_args.run_name or None)
     model = build_multi_vector_model(model_args, model_args.model_name_or_path, card)
     logger.info("Model:\n%s", model)
