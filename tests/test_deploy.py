@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset, Image
 from sentence_transformers import MultiVectorEncoder
 from transformers import set_seed
 
@@ -18,7 +19,14 @@ import vdr.bm25
 from evaluate_vdr import main, make_parser
 from vdr.bm25 import bm25_index, bm25_scores, score_bm25
 from vdr.config import ModelArguments, ModelLoadingArguments, load_yaml
-from vdr.data import RetrievalData
+from vdr.data import (
+    DatasetSpec,
+    RetrievalData,
+    load_retrieval_data,
+    negative_columns_of,
+    retrieval_from_rows,
+    write_beir,
+)
 from vdr.deployment import STORAGE_HEADING, pareto_front
 from vdr.errors import VdrError
 from vdr.model import build_model
@@ -236,3 +244,14 @@ def test_multi_vector_arguments_are_checked_before_anything_loads(tmp_path):
 def test_multi_vector_quickstart_improves(tmp_path, vdr_cache):
     metrics = train_multi_vector_quickstart(tmp_path / "run")
     assert metrics["final_ndcg@10"] - metrics["base_ndcg@10"] >= 0.1
+
+
+def test_page_texts_follow_their_pages_in_both_layouts(tmp_path, generated_rows):
+    rows = Dataset.from_list(generated_rows[:3]).cast_column("image", Image())
+    negatives = [f"negative_{k}" for k in range(4)]
+    data = retrieval_from_rows(rows, "query", "image", negatives, "rows")
+    assert data.texts[1] == generated_rows[1]["image_text"]
+    assert data.texts[3 * 3 + 2] == generated_rows[2]["negative_2_text"]  # page id n * (k + 1) + i
+    assert negative_columns_of(rows, None) == negatives  # a negative's text column is not a page column
+    beir = load_retrieval_data(DatasetSpec.parse(str(write_beir(rows, tmp_path / "beir"))))
+    assert beir.texts["page-2-neg2"] == generated_rows[2]["negative_2_text"]
