@@ -19,11 +19,16 @@ Usage:
     # A BEIR-layout benchmark (corpus / queries / qrels configs, as the ViDoRe v2 and v3 sets on the Hub)
     python evaluate_vdr.py --model models/Qwen3-VL-Embedding-2B-vdr --dataset path=vidore/esg_reports_v2,layout=beir
 
+    # Choosing what to deploy: single-vector (every dim x float32 / int8 / binary), multi-vector and BM25 side by side
+    python evaluate_vdr.py --model outputs/quickstart --model outputs/quickstart-multivector --model bm25 \\
+        --dataset generated:pages --max_pixels 36864 --num_generated_rows 64 --generated_seed 1
+
     # Every checkpoint of a training run
     python evaluate_vdr.py --model models/Qwen3-VL-Embedding-2B-vdr --all_checkpoints true --dataset ...
 
 Outputs in --output_dir: results.json, results.csv, results.md, ndcg_by_dim.png, ndcg_by_model.png (several
-models) and training_<run>.png (base vs finetuned, for training output folders).
+models), training_<run>.png (base vs finetuned, for training output folders), and the storage-against-quality
+report: storage.csv, ndcg_vs_bytes.png and a table in results.md.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import torch
 from vdr.cache import default_cache_dir
 from vdr.config import ConfigParser, EvaluateArguments, ModelLoadingArguments
 from vdr.data import DatasetSpec, RetrievalData, load_retrieval_data
+from vdr.deployment import StorageReport, score_other_kinds, storage_table, write_storage_report
 from vdr.embedding_cache import EmbeddingCache, model_fingerprint
 from vdr.errors import VdrError, run_cli
 from vdr.evaluation import has_graded_relevance
@@ -90,11 +96,12 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
     records: list[dict] = []
     models: dict[str, dict] = {}
     errors: list[str] = []
+    report = StorageReport()  # every model x dataset x dim x precision, with bytes per page
     for number, candidate in enumerate(candidates, 1):
         logger.info("Model %d of %d: %s", number, len(candidates), candidate.name)
         try:
             model_records, models[candidate.name] = score_candidate(
-                candidate, loading, args, shared_dims, datasets, setup
+                candidate, loading, args, shared_dims, datasets, setup, report
             )
         except (VdrError, torch.OutOfMemoryError) as error:
             hint = " Lower --batch_size or --max_pixels." if isinstance(error, torch.OutOfMemoryError) else ""
@@ -102,10 +109,12 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
             logger.warning("Model '%s' could not be scored (the reason is reported at the end).", candidate.name)
             continue
         records += model_records
-        write_outputs(output_dir, records, models, specs, loading, args, start)  # results so far are never lost
+        write_outputs(output_dir, records, models, specs, loading, args, start, report)  # results so far are kept
 
-    # 4. Plots and the summary table
+    # 4. Plots and the summary tables
     write_plots(output_dir, records, candidates)
+    if report.storage:
+        print(storage_table(report.storage))
     if errors:
         raise VdrError(failure_message(errors, len(candidates), output_dir if records else None))
     return {"records": records, "models": models}
@@ -144,8 +153,14 @@ def score_candidate(
     shared_dims: set[int],
     datasets: dict[str, RetrievalData],
     setup: EncodingSetup,
+    report: StorageReport,
 ) -> tuple[list[dict], dict[str, Any]]:
-    """Load one model, score it on every dataset, free it: its records and what results.json says about it."""
+    """Load one model, score it on every dataset, free it: its records and what results.json says about it. The
+    BM25 text baseline and multi-vector models are scored by vdr/deployment.py; every model's storage rows (each
+    dim x precision, with bytes per page) go to ``report``."""
+    other = score_other_kinds(candidate, datasets, loading, args, setup, report)
+    if other is not None:
+        return other
     model = load_for_evaluation(candidate, loading)
     try:
         dims = evaluation_dims(model, args.truncate_dims, shared_dims)
@@ -153,7 +168,8 @@ def score_candidate(
         cached = setup.embedding_cache.folder is not None
         fingerprint = model_fingerprint(resolve_model_path(candidate.path), loading.revision) if cached else None
         model_key = {"model": fingerprint, "loading": vars(loading)}
-        records, stats = score_model(model, candidate.name, datasets, dims, setup, model_key)
+        collect_storage = report.collector(candidate.name, dims, args)
+        records, stats = score_model(model, candidate.name, datasets, dims, setup, model_key, collect_storage)
     finally:
         del model  # free it before the next model loads
         gc.collect()
@@ -189,15 +205,20 @@ def write_outputs(
     loading: ModelLoadingArguments,
     args: EvaluateArguments,
     start: float,
+    report: StorageReport | None = None,
 ) -> None:
+    report = report or StorageReport()
     metadata = {
         "models": models,
         "datasets": [vars(spec) for spec in specs],
         "settings": {"loading": vars(loading), "evaluation": vars(args)},
         "versions": library_versions(),
         "wall_seconds": round(time.perf_counter() - start, 2),
+        "storage": report.storage,
+        "notes": report.notes,
     }
     write_results(output_dir, records, metadata)
+    write_storage_report(output_dir, report.storage, report.notes)  # appended to results.md
 
 
 def cli(argv: list[str] | None = None) -> None:

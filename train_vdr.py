@@ -20,6 +20,10 @@ Usage:
     # LoRA on a 24 GB card:
     python train_vdr.py --config configs/qwen3-vl-embedding-8b-vdr-lora.yaml
 
+    # Late interaction (ColPali-style multi-vector), offline quickstart and the reference setting:
+    python train_vdr.py --config configs/quickstart-multivector.yaml
+    python train_vdr.py --config configs/qwen3-vl-embedding-2b-vdr-multivector.yaml
+
 Run `python train_vdr.py --help` for every argument, SentenceTransformerTrainingArguments included.
 """
 
@@ -47,6 +51,7 @@ from vdr.evaluation import build_training_evaluation, evaluate_dims, format_dims
 from vdr.lora import LoraArguments, add_lora_adapter, save_final
 from vdr.loss import build_loss
 from vdr.model import build_model, check_truncate_dim
+from vdr.multi_vector_training import train_multi_vector  # issue 12
 from vdr.provenance import snapshot_arguments, write_run_config
 from vdr.train_pages import presize_page_columns
 from vdr.training import (
@@ -87,6 +92,8 @@ def main(
     lora_args: LoraArguments | None = None,
     argv: list[str] | None = None,
 ) -> dict:
+    if model_args.model_type == "multi_vector":  # late interaction: its own model, loss, evaluator and trainer
+        return train_multi_vector(model_args, data_args, loss_args, eval_args, training_args, lora_args, argv or [])
     lora_args = lora_args or LoraArguments()
     # 0. Before anything loads: the arguments, the output folder and the checkpoint to resume from; the run's record
     check_training_run(model_args, data_args, loss_args, training_args)

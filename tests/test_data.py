@@ -10,6 +10,7 @@ from datasets import Dataset, DatasetDict, Image
 
 from vdr.config import DataArguments, SourceArguments
 from vdr.data import (
+    GENERATED_PAGES_VERSION,
     DatasetSpec,
     carve_eval_split,
     load_rows,
@@ -43,7 +44,8 @@ def test_generated_pages_are_deterministic_and_differ_by_seed():
     assert [r["query"] for r in first] == [r["query"] for r in again]
     assert first[0]["image"].tobytes() == again[0]["image"].tobytes()
     assert first[0]["image"].tobytes() != other[0]["image"].tobytes()
-    assert set(first[0]) == {"query", "image", "negative_0", "negative_1", "negative_2", "negative_3"}
+    pages = {"image", "negative_0", "negative_1", "negative_2", "negative_3"}
+    assert set(first[0]) == {"query", *pages, *(f"{page}_text" for page in pages)}  # each page's text (issue 12)
 
 
 def test_hard_negatives_look_like_their_page_but_differ():
@@ -62,7 +64,7 @@ def test_generated_source_is_cached_on_disk(tmp_path, monkeypatch):
     options = SourceArguments(num_generated_rows=6, generated_seed=1)
     dataset = load_rows(DatasetSpec(GENERATED_PAGES_ID), COLUMNS, options)
     assert len(dataset) == 6 and isinstance(dataset.features["image"], Image)
-    assert [path.name for path in tmp_path.iterdir()] == ["pages-v1-n6-seed1"]
+    assert [path.name for path in tmp_path.iterdir()] == [f"pages-v{GENERATED_PAGES_VERSION}-n6-seed1"]
 
 
 def test_a_numeric_negative_column_is_not_a_page_column(tmp_path, generated_rows):

@@ -23,6 +23,8 @@ from transformers import HfArgumentParser
 from vdr.errors import VdrError
 
 DEFAULT_MATRYOSHKA_DIMS = [2048, 1536, 1024, 512, 256, 128, 64]
+#: Single-vector page storage precisions evaluate_vdr.py scores (issue 12; vdr/quantization.py).
+STORAGE_PRECISIONS = ("float32", "int8", "binary", "binary_rescored")
 
 
 @dataclass
@@ -75,6 +77,28 @@ class ModelArguments(ModelLoadingArguments):
         default=None,
         metadata={"help": "Default embedding dimension stored in the saved model (e.g. 1024). Default: full."},
     )
+    # --- issue 12: late interaction (vdr/multi_vector.py, vdr/multi_vector_training.py) ---
+    model_type: str = field(
+        default="single_vector",
+        metadata={
+            "help": "'single_vector' (one embedding per page, MatryoshkaLoss) or 'multi_vector' (late interaction: "
+            "Sentence Transformers' MultiVectorEncoder, a 128-d vector per token scored with MaxSim).",
+            "choices": ["single_vector", "multi_vector"],
+        },
+    )
+    projection_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "multi_vector: learning rate of the new, randomly initialised token projection (the library's "
+            "example: 2e-4, 10x the backbone's). Default: the same as learning_rate."
+        },
+    )
+
+    def __post_init__(self):
+        # argparse checks choices on the command line only; a YAML value arrives as a default and is checked here.
+        if self.model_type not in ("single_vector", "multi_vector"):
+            raise ValueError(f"model_type must be 'single_vector' or 'multi_vector', got {self.model_type!r}.")
+    # --- end issue 12 ---
 
 
 @dataclass
@@ -420,6 +444,22 @@ class EvaluateArguments(SourceArguments):
             "beyond it pages are resized again. 0 keeps none."
         },
     )
+    # --- issue 12: storage against quality, late interaction, text baseline (vdr/deployment.py) ---
+    precisions: list[str] = field(
+        default_factory=lambda: list(STORAGE_PRECISIONS),
+        metadata={
+            "help": "Single-vector page storage precisions scored at every dim: float32, int8 (calibrated on the "
+            "corpus), binary (Hamming distance), binary_rescored (Hamming, then the float query re-ranks the top hits)."
+        },
+    )
+    rescore_multiplier: int = field(
+        default=4, metadata={"help": "binary_rescored: re-rank this many times 10 Hamming hits per query."}
+    )
+    image_tokens_only: bool = field(
+        default=False,
+        metadata={"help": "Multi-vector models: index only a page's image-patch tokens (drops the template's text)."},
+    )
+    # --- end issue 12 ---
 
     def __post_init__(self):
         if not self.model:
@@ -432,3 +472,8 @@ class EvaluateArguments(SourceArguments):
             raise ValueError(f"--preprocess_cache_mb must be 0 or more, got {self.preprocess_cache_mb}")
         if self.truncate_dims is not None and any(dim < 1 for dim in self.truncate_dims):
             raise ValueError(f"--truncate_dims must be positive integers, got {self.truncate_dims}")
+        if self.rescore_multiplier < 1:  # issue 12
+            raise ValueError(f"--rescore_multiplier must be 1 or more, got {self.rescore_multiplier}")
+        unknown = [precision for precision in self.precisions if precision not in STORAGE_PRECISIONS]
+        if unknown:  # issue 12
+            raise ValueError(f"--precisions {unknown} are not known; choose from {', '.join(STORAGE_PRECISIONS)}")

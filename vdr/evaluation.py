@@ -177,6 +177,21 @@ def retrieval_scores(
     return results
 
 
+def score_matrix_metrics(
+    scores: torch.Tensor, data: RetrievalData, metrics: Sequence[str] = DEFAULT_METRICS
+) -> dict[str, float]:
+    """``{metric: value}`` of a ``[len(data.queries), len(data.corpus)]`` score matrix (higher is better; rows and
+    columns in ``data`` order) from any scorer (MaxSim, Hamming, BM25, ...), through ``retrieval_scores``: each
+    query and page is "embedded" as its row / column index and the similarity looks its score up."""
+    if tuple(scores.shape) != (len(data.queries), len(data.corpus)):
+        expected = (len(data.queries), len(data.corpus))
+        raise ValueError(f"scores are {tuple(scores.shape)}, not (queries, pages) = {expected}")
+    scores = scores.double()
+    rows, columns = (torch.arange(n).unsqueeze(1) for n in scores.shape)
+    lookup: Similarity = lambda queries, pages: scores[queries[:, 0]][:, pages[:, 0]]  # noqa: E731
+    return retrieval_scores(rows, columns, data, [1], lookup, "score", metrics)[1]
+
+
 def metric_cutoffs(metrics: Sequence[str]) -> dict[str, list[int]]:
     """The evaluator's cut-off arguments for metric names such as ``ndcg@10`` (each family needs at least one)."""
     cutoffs: dict[str, set[int]] = {argument: set() for argument in CUTOFF_ARGUMENTS.values()}

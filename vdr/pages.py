@@ -163,12 +163,27 @@ def render_page(page: PageSpec, organisations: list[str]) -> Image.Image:
     return image
 
 
-def _draw_paragraph(draw: ImageDraw.ImageDraw, top: int, seed: int) -> None:
+def _paragraph_lines(seed: int) -> list[str]:
     rng = random.Random(seed)
     words = FILLER[:]
     rng.shuffle(words)
-    for line in range(5):
-        draw.text((8, top + 13 * line), " ".join(words[line * 6 : line * 6 + 6]), fill=(60, 60, 60), font=_font(9))
+    return [" ".join(words[line * 6 : line * 6 + 6]) for line in range(5)]
+
+
+def _draw_paragraph(draw: ImageDraw.ImageDraw, top: int, seed: int) -> None:
+    for line, text in enumerate(_paragraph_lines(seed)):
+        draw.text((8, top + 13 * line), text, fill=(60, 60, 60), font=_font(9))
+
+
+def page_text(page: PageSpec) -> str:
+    """The words ``render_page`` draws, in reading order: the page's text layer (what a PDF would keep)."""
+    name, _, kind = FIGURES[page.figure]
+    lines = [page.organisation, page.title, *_paragraph_lines(zlib.crc32(page.title.encode()))]
+    if kind == "table":
+        lines.append(f"Period {name}")  # the header row; a chart has only its labels
+    lines += [f"{period} {value:g}" for period, value in zip(PERIODS, page.values)]
+    lines.append(f"{page.organisation} annual report {page.year}")
+    return "\n".join(lines)
 
 
 def _draw_table(draw: ImageDraw.ImageDraw, page: PageSpec, box: tuple[int, ...], colour: tuple[int, ...]) -> None:
@@ -206,16 +221,19 @@ def _draw_chart(
 
 
 def generate_rows(num_rows: int, seed: int = 0, num_negatives: int = 4) -> list[dict]:
-    """Return ``num_rows`` rows of ``{"query", "image", "negative_0", ...}`` with PIL images."""
+    """Return ``num_rows`` rows of ``{"query", "image", "negative_0", ...}`` with PIL images, and each page's text
+    in ``image_text``, ``negative_0_text``, ... (for text baselines such as BM25)."""
     rng = random.Random(seed)
     organisations = _organisation_names()
     rows = []
     for _ in range(num_rows):
         page = _random_page(rng, rng.choice(organisations), rng.randrange(len(FIGURES)), rng.choice(YEARS))
         row = {"query": _query(rng, page), "image": render_page(page, organisations)}
+        texts = {"image_text": page_text(page)}
         for k, negative in enumerate(_hard_negatives(rng, page, organisations, num_negatives)):
             row[f"negative_{k}"] = render_page(negative, organisations)
-        rows.append(row)
+            texts[f"negative_{k}_text"] = page_text(negative)
+        rows.append(row | texts)
     return rows
 
 

@@ -66,12 +66,17 @@ def _datasets(records: Sequence[dict]) -> list[str]:
     return _unique(str(r["dataset"]) for r in records)
 
 
+def _dim(record: dict) -> int:
+    """A record's dim; 0 for a record without one (issue 12: a text baseline such as BM25)."""
+    return 0 if record.get("dim") is None else int(record["dim"])
+
+
 def _full_dims(records: Sequence[dict]) -> dict[str, int]:
     """Each model's full dimension: the largest dim among all its records."""
     full: dict[str, int] = {}
     for r in records:
         model = str(r["model"])
-        full[model] = max(full.get(model, 0), int(r["dim"]))
+        full[model] = max(full.get(model, 0), _dim(r))
     return full
 
 
@@ -87,7 +92,7 @@ def _full_dim_grid(records: Sequence[dict], metric: str) -> dict[tuple[str, str]
     for r in records:
         model = str(r["model"])
         value = _value(r, metric)
-        if int(r["dim"]) == full[model] and value is not None:
+        if _dim(r) == full[model] and value is not None:
             grid[(model, str(r["dataset"]))] = value
     return grid
 
@@ -228,7 +233,7 @@ def _series(records: Sequence[dict], model: str, dataset: str, metric: str) -> t
     for r in records:
         value = _value(r, metric)
         if str(r["model"]) == model and str(r["dataset"]) == dataset and value is not None:
-            points[int(r["dim"])] = value
+            points[_dim(r)] = value
     dims = sorted(points)
     return dims, [points[d] for d in dims]
 
@@ -246,7 +251,9 @@ def plot_ndcg_by_dim(records: list[dict], path: str | Path, metric: str = PRIMAR
         dims_seen: list[int] = []
         for model in models:
             dims, values = _series(records, model, dataset, metric)
-            if dims:
+            if dims == [0]:  # issue 12: no embedding dimension (a text baseline): a horizontal line
+                ax.axhline(values[0], color=colors[model], linestyle="--", label=model)
+            elif dims:
                 ax.plot(dims, values, marker="o", color=colors[model], label=model)
                 dims_seen.extend(dims)
         ax.set_title(dataset)
