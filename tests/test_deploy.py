@@ -29,6 +29,7 @@ from vdr.data import (
 )
 from vdr.deployment import STORAGE_HEADING, pareto_front
 from vdr.errors import VdrError
+from vdr.evaluation import retrieval_scores
 from vdr.model import build_model
 from vdr.multi_vector import (
     TokenEmbeddings,
@@ -64,6 +65,18 @@ def test_metrics_from_a_score_matrix_match_a_hand_computation():
     assert values["ndcg@10"] == pytest.approx((1 + 1 / math.log2(4)) / 2)
     assert values["mrr@10"] == pytest.approx((1 + 1 / 3) / 2)
     assert values["recall@1"] == pytest.approx(0.5)
+
+
+def test_score_matrix_metrics_are_the_evaluators_and_shuffled_ties_do_not_favour_positives():
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=1)
+    pages = torch.nn.functional.normalize(torch.randn(18, 8, generator=generator), dim=1)
+    data = tiny_data(6, 18, relevant=[0, 1, 2, 3, 4, 5])
+    from_embeddings = retrieval_scores(queries, pages, data, [8], lambda q, p: q @ p.T, "dot")[8]
+    assert metrics_from_scores(queries @ pages.T, data) == pytest.approx(from_embeddings)
+    # every page tied: the evaluator's order (smaller id first) ranks each positive (ids 0..5) near the top
+    tied = torch.zeros(6, 18)
+    assert metrics_from_scores(tied, data)["ndcg@10"] > metrics_from_scores(tied, data, shuffle_ties=True)["ndcg@10"]
 
 
 def test_quantized_scores_match_a_direct_computation():
