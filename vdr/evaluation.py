@@ -6,6 +6,8 @@
   dimension by slicing those embeddings and handing them to the same evaluator (the reference recipe re-encodes the
   corpus once per dimension). Its ranking (ties to the smaller corpus id) and metric definitions are used as they
   are; only NDCG on graded relevance judgements, which it does not support, comes from trec_eval (``pytrec_eval``).
+- ``score_matrix_metrics`` scores any ranking given as a query x page score matrix (a reranker's) through the
+  same evaluator.
 """
 
 from __future__ import annotations
@@ -175,6 +177,22 @@ def retrieval_scores(
             values |= graded_ndcg(similarity(queries, corpus), data, evaluator.queries_ids, cutoffs["ndcg_at_k"])
         results[dim] = {name: values[name] for name in metrics}
     return results
+
+
+def score_matrix_metrics(
+    scores: torch.Tensor, data: RetrievalData, metrics: Sequence[str] = DEFAULT_METRICS
+) -> dict[str, float]:
+    """``{metric: value}`` for a ranking given as a [queries, pages] score matrix (rows in ``data.queries`` order,
+    columns in ``data.corpus`` order), e.g. a reranker's reordering, through the same evaluator as
+    ``retrieval_scores``: the score rows stand in for query embeddings, each page's column index for its embedding,
+    and the similarity looks the score up. Same ranking (ties to the smaller corpus id), same metrics."""
+    pages = torch.arange(scores.shape[1]).unsqueeze(1)
+    everything = scores.shape[1]  # a "dim" that keeps every column of the score rows
+
+    def look_up(rows: torch.Tensor, page_positions: torch.Tensor) -> torch.Tensor:
+        return rows[:, page_positions[:, 0]]
+
+    return retrieval_scores(scores, pages, data, [everything], look_up, "score", metrics)[everything]
 
 
 def metric_cutoffs(metrics: Sequence[str]) -> dict[str, list[int]]:

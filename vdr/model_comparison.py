@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,12 +232,16 @@ def score_model(
     dims: list[int],
     setup: EncodingSetup,
     model_key: dict[str, Any],
+    on_embeddings: Callable[[SentenceTransformer, str, ModelEmbeddings], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """Records (one per dataset x dim) for one model, and its encoding statistics per dataset."""
+    """Records (one per dataset x dim) for one model, and its encoding statistics per dataset. ``on_embeddings``
+    sees each dataset's embeddings (retrieve-then-rerank keeps the model's scores from them)."""
     records, stats = [], {}
     for name, data in datasets.items():
         start = time.perf_counter()
         embeddings = embed_dataset(model, name, data, setup, model_key)
+        if on_embeddings is not None:
+            on_embeddings(model, name, embeddings)
         relevant = data.relevant_docs()
         num_queries = sum(1 for qid in data.queries if relevant.get(qid))  # the queries the metrics average over
         for dim, metrics in score_dims(model, embeddings.queries, embeddings.corpus, data, dims).items():
