@@ -46,17 +46,23 @@ from vdr.model import resolve_model_path
 from vdr.preprocessing import PagePreprocessor
 from vdr.provenance import library_versions
 from vdr.reporting import markdown_table, plot_ndcg_by_dim, plot_ndcg_by_model, plot_training_metrics, write_results
+from vdr.reranking import RememberingCache, RerankArguments, first_stage_scores, rerank_models
 
 logger = logging.getLogger("evaluate_vdr")
 
 
 def make_parser() -> ConfigParser:
     return ConfigParser(
-        (ModelLoadingArguments, EvaluateArguments), prog="evaluate_vdr.py", description=__doc__.split("\n")[0]
+        (ModelLoadingArguments, EvaluateArguments, RerankArguments),
+        prog="evaluate_vdr.py",
+        description=__doc__.split("\n")[0],
     )
 
 
-def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, Any]:
+def main(
+    loading: ModelLoadingArguments, args: EvaluateArguments, rerank: RerankArguments | None = None
+) -> dict[str, Any]:
+    rerank = rerank or RerankArguments()
     start = time.perf_counter()
     output_dir = Path(args.output_dir)
 
@@ -81,6 +87,8 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
     # 3. Score each model: one encoding per dataset, every dimension from it; a failing model does not stop the rest
     preprocessor = PagePreprocessor(args.preprocess_workers, args.preprocess_cache_mb << 20)
     cache = EmbeddingCache(None if args.no_cache else Path(args.cache_dir or default_cache_dir() / "embeddings"))
+    cache = RememberingCache(cache.folder) if rerank.reranker else cache  # rerankers start from these embeddings
+    first_stages = {}
     records: list[dict] = []
     models: dict[str, dict] = {}
     errors: list[str] = []
@@ -97,6 +105,10 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
             model_records, stats = score_model(
                 model, candidate, datasets, dims, args.batch_size, preprocessor, cache, cache_key
             )
+            if rerank.reranker:
+                first_stages[candidate.name] = first_stage_scores(
+                    model, datasets, dims, args.batch_size, preprocessor, cache, cache_key
+                )
         except (VdrError, torch.OutOfMemoryError) as error:
             hint = " Lower --batch_size or --max_pixels." if isinstance(error, torch.OutOfMemoryError) else ""
             logger.error("Skipping model '%s': %s%s", candidate.name, error, hint)
@@ -115,6 +127,14 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
             "stats": stats,
         }
         write_outputs(output_dir, records, models, specs, loading, args, start)  # results so far are never lost
+
+    # 3b. Retrieve-then-rerank: each reranker reorders every model's top K pages ("model + reranker" records)
+    if rerank.reranker and first_stages:
+        reranked = rerank_models(rerank, loading, datasets, first_stages, preprocessor, cache.folder)
+        records, errors = records + reranked.records, errors + reranked.errors
+        models.update(reranked.models)
+        if records:
+            write_outputs(output_dir, records, models, specs, loading, args, start)
 
     # 4. Plots and the summary table
     if records:
