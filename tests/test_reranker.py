@@ -13,12 +13,14 @@ from safetensors.torch import load_file
 from sentence_transformers.cross_encoder import CrossEncoder
 from sentence_transformers.cross_encoder.data_collator import CrossEncoderDataCollator
 from sentence_transformers.cross_encoder.modules import LogitScore
+from sentence_transformers.util import cos_sim
 
 from evaluate_vdr import main as evaluate_main
 from evaluate_vdr import make_parser as evaluate_parser
 from train_reranker_vdr import main, make_parser
 from vdr.data import RetrievalData
 from vdr.errors import VdrError
+from vdr.evaluation import retrieval_scores, score_matrix_metrics
 from vdr.reranker import (
     RerankerLossArguments,
     RerankerModelArguments,
@@ -69,6 +71,16 @@ def test_reranked_metrics_match_a_hand_computed_ranking():
     assert metrics["ndcg@1"] == 1.0 and metrics["mrr@10"] == 1.0  # the reranker lifted it to the top
     metrics = reranked_metrics(scores, candidates, torch.tensor([[3.0, 2.0, 1.0]]), data)
     assert metrics["mrr@10"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("graded", [False, True])
+def test_a_score_matrix_is_scored_exactly_as_the_embeddings_it_came_from(graded):
+    generator = torch.Generator().manual_seed(0)
+    queries, pages = torch.randn(6, 8, generator=generator), torch.randn(20, 8, generator=generator)
+    qrels = {f"q{i}": {f"d{(3 * i) % 20}": 2 if graded and i % 2 else 1, f"d{i + 1}": 1} for i in range(5)}
+    data = RetrievalData({f"q{i}": "text" for i in range(6)}, {f"d{i}": None for i in range(20)}, qrels)  # q5: none
+    by_embeddings = retrieval_scores(queries, pages, data, [8], cos_sim)[8]
+    assert score_matrix_metrics(cos_sim(queries, pages), data) == by_embeddings
 
 
 def test_score_cache_round_trip_and_damage(tmp_path):
@@ -229,3 +241,14 @@ def test_evaluate_reports_retrieve_then_rerank_beside_the_model(trained, tmp_pat
     again = evaluate_main(*evaluate_parser().parse(argv))
     assert again["models"]["tiny-qwen3-vl + run"]["stats"]["pages"]["pairs_scored"] == 0
     assert again["records"][1]["metrics"] == reranked["metrics"]
+
+
+def test_without_the_cache_the_model_encodes_each_page_once_and_is_still_reranked(tmp_path, vdr_cache):
+    argv = ["--model", TINY, "--reranker", TINY, "--rerank_top_k", "3", "--dataset", "generated:pages",
+            "--max_pixels", str(MAX_PIXELS), "--num_generated_rows", "6", "--generated_seed", "2",
+            "--no_cache", "true", "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    result = evaluate_main(*evaluate_parser().parse(argv))
+    assert [record["model"] for record in result["records"]] == ["tiny-qwen3-vl", "tiny-qwen3-vl + tiny-qwen3-vl"]
+    pages = result["records"][0]["num_documents"]
+    assert result["models"]["tiny-qwen3-vl"]["stats"]["pages"]["page_encodings"] == pages  # kept, not re-encoded
+    assert result["models"]["tiny-qwen3-vl + tiny-qwen3-vl"]["stats"]["pages"]["pairs_scored"] == 6 * 3
