@@ -63,17 +63,23 @@ from vdr.model_comparison import (
 from vdr.preprocessing import ResizedPageCache
 from vdr.provenance import library_versions
 from vdr.reporting import markdown_table, plot_ndcg_by_dim, plot_ndcg_by_model, plot_training_metrics, write_results
+from vdr.reranking import FirstStage, RerankArguments, rerank_models
 
 logger = logging.getLogger("evaluate_vdr")
 
 
 def make_parser() -> ConfigParser:
     return ConfigParser(
-        (ModelLoadingArguments, EvaluateArguments), prog="evaluate_vdr.py", description=__doc__.split("\n")[0]
+        (ModelLoadingArguments, EvaluateArguments, RerankArguments),
+        prog="evaluate_vdr.py",
+        description=__doc__.split("\n")[0],
     )
 
 
-def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, Any]:
+def main(
+    loading: ModelLoadingArguments, args: EvaluateArguments, rerank: RerankArguments | None = None
+) -> dict[str, Any]:
+    rerank = rerank or RerankArguments()
     start = time.perf_counter()
 
     # 1. Everything that can be checked without loading: output folder, dataset specs, model paths, dims
@@ -93,6 +99,7 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
             None if args.no_cache else Path(args.cache_dir or default_cache_dir() / "embeddings")
         ),
     )
+    first_stages: dict[str, FirstStage] = {}  # what each model retrieved, for the rerankers
     records: list[dict] = []
     models: dict[str, dict] = {}
     errors: list[str] = []
@@ -100,8 +107,9 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
     for number, candidate in enumerate(candidates, 1):
         logger.info("Model %d of %d: %s", number, len(candidates), candidate.name)
         try:
+            first_stage = FirstStage() if rerank.reranker else None
             model_records, models[candidate.name] = score_candidate(
-                candidate, loading, args, shared_dims, datasets, setup, report
+                candidate, loading, args, shared_dims, datasets, setup, report, first_stage
             )
         except (VdrError, torch.OutOfMemoryError) as error:
             hint = " Lower --batch_size or --max_pixels." if isinstance(error, torch.OutOfMemoryError) else ""
@@ -109,14 +117,25 @@ def main(loading: ModelLoadingArguments, args: EvaluateArguments) -> dict[str, A
             logger.warning("Model '%s' could not be scored (the reason is reported at the end).", candidate.name)
             continue
         records += model_records
+        if first_stage is not None and first_stage.scores:
+            first_stages[candidate.name] = first_stage
         write_outputs(output_dir, records, models, specs, loading, args, start, report)  # results so far are kept
+
+    # 3b. Retrieve-then-rerank: each reranker reorders every model's top K pages ("model + reranker" records)
+    if rerank.reranker and first_stages:
+        reranked = rerank_models(rerank, loading, datasets, first_stages, setup)
+        records, errors = records + reranked.records, errors + reranked.errors
+        models.update(reranked.models)
+        if reranked.records:
+            write_outputs(output_dir, records, models, specs, loading, args, start, report)
 
     # 4. Plots and the summary tables
     write_plots(output_dir, records, candidates)
     if report.storage:
         print(storage_table(report.storage))
     if errors:
-        raise VdrError(failure_message(errors, len(candidates), output_dir if records else None))
+        num_models = len(candidates) + len(rerank.reranker)
+        raise VdrError(failure_message(errors, num_models, output_dir if records else None))
     return {"records": records, "models": models}
 
 
@@ -154,10 +173,12 @@ def score_candidate(
     datasets: dict[str, RetrievalData],
     setup: EncodingSetup,
     report: StorageReport,
+    first_stage: FirstStage | None = None,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Load one model, score it on every dataset, free it: its records and what results.json says about it. The
-    BM25 text baseline and multi-vector models are scored by vdr/deployment.py; every model's storage rows (each
-    dim x precision, with bytes per page) go to ``report``."""
+    BM25 text baseline and multi-vector models are scored by vdr/deployment.py; every single-vector model's storage
+    rows (each dim x precision, with bytes per page) go to ``report``, and ``first_stage``, when given, keeps its
+    query x page scores for retrieve-then-rerank."""
     other = score_other_kinds(candidate, datasets, loading, args, setup, report)
     if other is not None:
         return other
@@ -169,7 +190,15 @@ def score_candidate(
         fingerprint = model_fingerprint(resolve_model_path(candidate.path), loading.revision) if cached else None
         model_key = {"model": fingerprint, "loading": vars(loading)}
         collect_storage = report.collector(candidate.name, dims, args)
-        records, stats = score_model(model, candidate.name, datasets, dims, setup, model_key, collect_storage)
+        if first_stage is not None:
+            first_stage.dim = max(dims)
+
+        def on_embeddings(name: str, data: RetrievalData, embeddings: Any, scorer: Any = model) -> None:
+            collect_storage(name, data, embeddings)
+            if first_stage is not None:
+                first_stage.keep(scorer, name, embeddings)
+
+        records, stats = score_model(model, candidate.name, datasets, dims, setup, model_key, on_embeddings)
     finally:
         del model  # free it before the next model loads
         gc.collect()

@@ -91,7 +91,7 @@ def test_readme_command_runs_as_written(command, error, vdr_cache):
 
 
 def check_arguments(module, arguments: list[str], error: str | None) -> None:
-    if module.__name__ == "train_vdr" and not torch.cuda.is_available():
+    if module.__name__ in ("train_vdr", "train_reranker_vdr") and not torch.cuda.is_available():
         arguments = [*arguments, "--use_cpu", "true"]  # bf16 recipes validate only with a GPU or use_cpu
     try:
         groups = module.make_parser().parse(arguments)

@@ -6,6 +6,8 @@
   dimension by slicing those embeddings and handing them to the same evaluator (the reference recipe re-encodes the
   corpus once per dimension). Its ranking (ties to the smaller corpus id) and metric definitions are used as they
   are; only NDCG on graded relevance judgements, which it does not support, comes from trec_eval (``pytrec_eval``).
+- ``score_matrix_metrics`` scores any ranking given as a query x page score matrix (a reranker's) through the
+  same evaluator.
 """
 
 from __future__ import annotations

@@ -1,0 +1,136 @@
+"""Finetune a multimodal reranker for visual document retrieval: a CrossEncoder scoring (text query, page image).
+
+The second half of a retrieval stack (train_vdr.py trains the embedding model that retrieves; this reranks its
+top pages), on the same data and with the same conventions: model, dataset, loss, training arguments, evaluator,
+trainer, final evaluation, save, optional push.
+
+Usage:
+    # Offline quickstart on a CPU (tiny random Qwen3-VL with a language-model head, generated pages):
+    python train_reranker_vdr.py --config configs/quickstart-reranker.yaml
+
+    # Qwen3-VL-Reranker-2B on the VDR data (a GPU with bf16 and Hub access):
+    python train_reranker_vdr.py --config configs/qwen3-vl-reranker-2b-vdr.yaml
+
+    # Another loss: LambdaLoss over each query's ranking list, or the cached in-batch loss:
+    python train_reranker_vdr.py --config configs/qwen3-vl-reranker-2b-vdr.yaml --loss lambda
+
+Run `python train_reranker_vdr.py --help` for every argument, CrossEncoderTrainingArguments included.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+
+from vdr.config import ConfigParser, DataArguments, EvaluationArguments
+from vdr.data import load_training_data
+from vdr.errors import run_cli
+from vdr.provenance import snapshot_arguments, write_run_config
+from vdr.reranker import (
+    RerankerLossArguments,
+    RerankerModelArguments,
+    build_rerank_evaluation,
+    build_reranker,
+    build_reranker_loss,
+    check_reranker_run,
+    presize_pages,
+    rows_for_loss,
+    save_final_reranker,
+    write_reranker_metrics,
+)
+from vdr.training import check_enough_rows, check_output_dir, push_to_hub, resolve_resume_checkpoint, train
+
+logger = logging.getLogger("train_reranker_vdr")
+
+
+def make_parser() -> ConfigParser:
+    groups = (RerankerModelArguments, DataArguments, RerankerLossArguments, EvaluationArguments)
+    return ConfigParser(
+        (*groups, CrossEncoderTrainingArguments),
+        prog="train_reranker_vdr.py",
+        description=__doc__.split("\n")[0],
+    )
+
+
+def main(
+    model_args: RerankerModelArguments,
+    data_args: DataArguments,
+    loss_args: RerankerLossArguments,
+    eval_args: EvaluationArguments,
+    training_args: CrossEncoderTrainingArguments,
+    argv: list[str] | None = None,
+) -> dict:
+    # 0. Before anything loads: the arguments, the output folder and the checkpoint to resume from; the run's record
+    check_reranker_run(data_args, loss_args, training_args)
+    resume_checkpoint = resolve_resume_checkpoint(training_args)
+    check_output_dir(training_args.output_dir, resuming=resume_checkpoint is not None)
+    requested = snapshot_arguments([model_args, data_args, loss_args, eval_args, training_args])
+    write_run_config(training_args.output_dir, requested, argv or [])
+    # The final model is pushed once, after its local save (step 8); the token stays out of every checkpoint.
+    push_requested, hub_token = training_args.push_to_hub, training_args.hub_token
+    training_args.push_to_hub, training_args.hub_token = False, None
+
+    # 1. Model: a CrossEncoder scoring logit[yes] - logit[no] of the answer token after the reranker prompt
+    model = build_reranker(model_args)
+    logger.info("Reranker:\n%s", model)
+
+    # 2. Dataset: (query, page, hard negatives) rows, pages resized once to the model's pixel budget (the losses
+    #    preprocess in this process), shaped for the loss: pairs, lists or n-tuples
+    train_rows, eval_rows = load_training_data(data_args, seed=training_args.seed)
+    check_enough_rows(len(train_rows), training_args)
+    train_rows = presize_pages(model, train_rows, [data_args.positive_column, *data_args.negative_columns])
+    query, positive, negatives = data_args.query_column, data_args.positive_column, data_args.negative_columns
+    train_dataset = rows_for_loss(train_rows, loss_args.loss, query, positive, negatives)
+    logger.info("Training rows (%s): %s", loss_args.loss, train_dataset)
+
+    # 3. Loss: BinaryCrossEntropyLoss, LambdaLoss or CachedMultipleNegativesRankingLoss
+    loss = build_reranker_loss(model, loss_args, num_negatives=len(negatives))
+
+    # 4. Evaluator: NDCG@10 of reranking each query's positive + hard negatives, before, during and after training
+    evaluation, base_scores = None, {}
+    if eval_rows is not None:
+        evaluation = build_rerank_evaluation(
+            model, eval_rows, data_args, eval_args.eval_name, eval_args.evaluator_batch_size
+        )
+        if eval_args.evaluate_base_model:
+            base_scores = evaluation(model)
+            logger.info("Base reranker: %s", base_scores)
+
+    # 5. Trainer (training arguments are CrossEncoderTrainingArguments, parsed as they are)
+    trainer = CrossEncoderTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        loss=loss,
+        evaluator=evaluation.evaluator if evaluation else None,
+    )
+    train(trainer, resume_checkpoint, argv or [])
+
+    # 6. Save the final model before anything else can fail
+    if not trainer.is_world_process_zero():
+        return {}
+    final_dir = save_final_reranker(model, training_args.output_dir)
+
+    # 7. Final evaluation and metrics.json
+    final_scores = evaluation(model) if evaluation else {}
+    metrics = write_reranker_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
+    print(metrics["summary"])
+
+    # 8. (Optional) Push to the Hugging Face Hub; a failure keeps the local copy and says how to retry
+    if push_requested:
+        push_to_hub(model, final_dir, training_args, hub_token)
+    return metrics
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: parse, run, and turn a user's mistake into one message and an exit code."""
+    argv = sys.argv if argv is None else argv
+    run_cli(lambda: main(*make_parser().parse(argv[1:]), argv=argv))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cli()
