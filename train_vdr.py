@@ -107,7 +107,9 @@ def main(
     push_requested, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub, training_args.hub_token = False, None
 
-    # 1. Model: a Sentence Transformers checkpoint as it is, or a VLM with last-token pooling + normalisation;
+    # 1. Dataset: (query, page, hard negatives) rows; evaluation rows hold every negative column. Loaded (and
+    # checked) before the model, so a data mistake fails before a model of several GB loads.
+    # 2. Model: a Sentence Transformers checkpoint as it is, or a VLM with last-token pooling + normalisation;
     # with --lora true, frozen, with trainable LoRA adapters
     def build_trainable_model():
         built = build_model(model_args, SentenceTransformerModelCardData(model_name=training_args.run_name or None))
@@ -117,15 +119,13 @@ def main(
 
     # With several processes the main one loads first: a Hub download, the tiny model and generated pages are made
     # once, into the caches the others then read.
-    with training_args.main_process_first(desc="loading the model and data"):
+    with training_args.main_process_first(desc="loading the data and model"):
+        train_dataset, eval_rows = load_training_data(data_args, seed=training_args.seed)
+        check_enough_rows(len(train_dataset), training_args)
+        logger.info("Training rows: %s", train_dataset)
         model = build_trainable_model()
         check_truncate_dim(model, model_args.truncate_dim)
         logger.info("Model:\n%s", model)
-
-        # 2. Dataset: (query, page, hard negatives) rows; evaluation rows hold every negative column
-        train_dataset, eval_rows = load_training_data(data_args, seed=training_args.seed)
-    check_enough_rows(len(train_dataset), training_args)
-    logger.info("Training rows: %s", train_dataset)
 
     # 3. Loss: MatryoshkaLoss over CachedMultipleNegativesRankingLoss
     loss = build_loss(model, loss_args)

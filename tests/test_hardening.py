@@ -53,8 +53,9 @@ def assert_clean_error(code: int, printed: str, message: str, expected_code: int
 
 
 def out(folder: Path) -> list[str]:
-    """An output folder of the test's own: the config's default (outputs/...) may hold a run from elsewhere."""
-    return ["--output_dir", str(folder / "out")]
+    """An output folder of the test's own (the config's default, outputs/..., may hold a run from elsewhere), and
+    a model that does not exist: data mistakes must be reported before the model loads."""
+    return ["--output_dir", str(folder / "out"), "--model_name_or_path", NO_MODEL]
 
 
 def write_yaml(tmp_path: Path, text: str) -> str:
@@ -152,7 +153,7 @@ def test_a_damaged_save_to_disk_folder_is_named(jsonl_rows, capfd, damage):
 def test_too_few_rows_for_one_batch_are_refused(jsonl_rows, capfd):
     folder, rows = jsonl_rows
     data = write_jsonl(folder / "train.jsonl", rows)
-    argv = ["--config", QUICKSTART, "--train_dataset", data, "--output_dir", str(folder / "out"), *SMOKE]
+    argv = ["--config", QUICKSTART, "--train_dataset", data, *out(folder), *SMOKE]
     code, printed = run(train_vdr, argv, capfd)
     assert_clean_error(code, printed, "The training data has 4 rows, fewer than one optimizer step takes (32")
 
