@@ -51,7 +51,7 @@ from vdr.evaluation import build_training_evaluation, evaluate_dims, format_dims
 from vdr.lora import LoraArguments, add_lora_adapter, save_final
 from vdr.loss import build_loss
 from vdr.model import build_model, check_truncate_dim
-from vdr.multi_vector_training import train_multi_vector  # issue 12
+from vdr.multi_vector_training import train_multi_vector
 from vdr.provenance import snapshot_arguments, write_run_config
 from vdr.train_pages import presize_page_columns
 from vdr.training import (

@@ -45,7 +45,7 @@ def test_generated_pages_are_deterministic_and_differ_by_seed():
     assert first[0]["image"].tobytes() == again[0]["image"].tobytes()
     assert first[0]["image"].tobytes() != other[0]["image"].tobytes()
     pages = {"image", "negative_0", "negative_1", "negative_2", "negative_3"}
-    assert set(first[0]) == {"query", *pages, *(f"{page}_text" for page in pages)}  # each page's text (issue 12)
+    assert set(first[0]) == {"query", *pages, *(f"{page}_text" for page in pages)}  # each page's text
 
 
 def test_hard_negatives_look_like_their_page_but_differ():

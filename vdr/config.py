@@ -23,7 +23,7 @@ from transformers import HfArgumentParser
 from vdr.errors import VdrError
 
 DEFAULT_MATRYOSHKA_DIMS = [2048, 1536, 1024, 512, 256, 128, 64]
-#: Single-vector page storage precisions evaluate_vdr.py scores (issue 12; vdr/quantization.py).
+#: Single-vector page storage precisions evaluate_vdr.py scores (vdr/quantization.py).
 STORAGE_PRECISIONS = ("float32", "int8", "binary", "binary_rescored")
 
 
@@ -77,7 +77,7 @@ class ModelArguments(ModelLoadingArguments):
         default=None,
         metadata={"help": "Default embedding dimension stored in the saved model (e.g. 1024). Default: full."},
     )
-    # --- issue 12: late interaction (vdr/multi_vector.py, vdr/multi_vector_training.py) ---
+    # late interaction (vdr/multi_vector.py, vdr/multi_vector_training.py)
     model_type: str = field(
         default="single_vector",
         metadata={
@@ -98,7 +98,6 @@ class ModelArguments(ModelLoadingArguments):
         # argparse checks choices on the command line only; a YAML value arrives as a default and is checked here.
         if self.model_type not in ("single_vector", "multi_vector"):
             raise ValueError(f"model_type must be 'single_vector' or 'multi_vector', got {self.model_type!r}.")
-    # --- end issue 12 ---
 
 
 @dataclass
@@ -444,7 +443,7 @@ class EvaluateArguments(SourceArguments):
             "beyond it pages are resized again. 0 keeps none."
         },
     )
-    # --- issue 12: storage against quality, late interaction, text baseline (vdr/deployment.py) ---
+    # storage against quality, late interaction, text baseline (vdr/deployment.py)
     precisions: list[str] = field(
         default_factory=lambda: list(STORAGE_PRECISIONS),
         metadata={
@@ -459,7 +458,6 @@ class EvaluateArguments(SourceArguments):
         default=False,
         metadata={"help": "Multi-vector models: index only a page's image-patch tokens (drops the template's text)."},
     )
-    # --- end issue 12 ---
 
     def __post_init__(self):
         if not self.model:
@@ -472,8 +470,8 @@ class EvaluateArguments(SourceArguments):
             raise ValueError(f"--preprocess_cache_mb must be 0 or more, got {self.preprocess_cache_mb}")
         if self.truncate_dims is not None and any(dim < 1 for dim in self.truncate_dims):
             raise ValueError(f"--truncate_dims must be positive integers, got {self.truncate_dims}")
-        if self.rescore_multiplier < 1:  # issue 12
+        if self.rescore_multiplier < 1:
             raise ValueError(f"--rescore_multiplier must be 1 or more, got {self.rescore_multiplier}")
         unknown = [precision for precision in self.precisions if precision not in STORAGE_PRECISIONS]
-        if unknown:  # issue 12
+        if unknown:
             raise ValueError(f"--precisions {unknown} are not known; choose from {', '.join(STORAGE_PRECISIONS)}")

@@ -33,7 +33,7 @@ from vdr.pages import GENERATED_PAGES_ID, generate_rows
 logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
-GENERATED_PAGES_VERSION = 2  # 2: each page's text in <column>_text (issue 12)
+GENERATED_PAGES_VERSION = 2  # 2: each page's text in <column>_text
 #: The generated pages in the BEIR layout (corpus / queries / qrels), for evaluate_vdr.py.
 GENERATED_BEIR_ID = "generated:pages-beir"
 BEIR_PARTS = ("corpus", "queries", "qrels")
@@ -43,12 +43,11 @@ QUERY_ID_COLUMNS = ("query-id", "query_id", "_id", "id", "qid")
 QUERY_TEXT_COLUMNS = ("query", "text", "question")
 CORPUS_IMAGE_COLUMNS = ("image", "page", "page_image")
 SCORE_COLUMNS = ("score", "relevance", "grade", "label")
-# --- issue 12: a page's text (PDF text layer), for text baselines such as BM25 ---
+# a page's text (PDF text layer), for text baselines such as BM25
 #: Rows layout: the text of the page in column C is in column C + PAGE_TEXT_SUFFIX (image_text, negative_0_text).
 PAGE_TEXT_SUFFIX = "_text"
 #: BEIR layout: the corpus column holding each page's text.
 CORPUS_TEXT_COLUMNS = ("text", "markdown")
-# --- end issue 12 ---
 
 
 @dataclass(frozen=True)
@@ -294,7 +293,7 @@ def page_like_negative_columns(dataset: Dataset) -> list[str]:
         name
         for name in dataset.column_names
         if name.startswith("negative")
-        and not name.endswith(PAGE_TEXT_SUFFIX)  # issue 12: a negative's text, not a page
+        and not name.endswith(PAGE_TEXT_SUFFIX)  # a negative's text, not a page
         and _holds_pages(dataset, name)
     ]
 
@@ -323,7 +322,7 @@ def ensure_generated_pages(num_rows: int, seed: int, cache_dir: str | Path | Non
         logger.info("Generating %d rows of document pages in %s (once; later runs reuse them)", num_rows, target)
         dataset = Dataset.from_list(generate_rows(num_rows, seed=seed))
         for column in dataset.column_names:
-            if column != "query" and not column.endswith(PAGE_TEXT_SUFFIX):  # issue 12: texts stay strings
+            if column != "query" and not column.endswith(PAGE_TEXT_SUFFIX):  # texts stay strings
                 dataset = dataset.cast_column(column, Image())
         dataset.save_to_disk(str(staging))
 
@@ -422,7 +421,7 @@ class RetrievalData:
     queries: dict[Any, Any]
     corpus: dict[Any, Any]
     qrels: dict[Any, dict[Any, float]]
-    texts: dict[Any, str] | None = None  # issue 12: each page's text (corpus id -> text), when the source has it
+    texts: dict[Any, str] | None = None  # each page's text (corpus id -> text), when the source has it
 
     def relevant_docs(self) -> dict[Any, set[Any]]:
         """Binary relevance (grade > 0), in the form ``InformationRetrievalEvaluator`` takes."""
@@ -447,7 +446,7 @@ def retrieval_from_rows(dataset: Dataset, query: str, positive: str, negatives: 
     for k, column in enumerate(negatives):
         corpus.update({num_rows * (k + 1) + i: page for i, page in enumerate(page_refs(dataset, column))})
     qrels = {i: {i: 1.0} for i in range(num_rows)}
-    texts = _row_page_texts(dataset, [positive, *negatives])  # issue 12
+    texts = _row_page_texts(dataset, [positive, *negatives])
     return RetrievalData(queries=queries, corpus=corpus, qrels=qrels, texts=texts)
 
 
@@ -583,7 +582,7 @@ def beir_retrieval_data(corpus: Dataset, queries: Dataset, qrels: Dataset, name:
     scores = qrels[score_column] if score_column else [1.0] * len(qrels)
     for qid, cid, score in zip(qrel_query, qrel_doc, scores):
         judged.setdefault(qid, {})[cid] = float(score)
-    text_column = next((c for c in CORPUS_TEXT_COLUMNS if c in corpus.column_names), None)  # issue 12
+    text_column = next((c for c in CORPUS_TEXT_COLUMNS if c in corpus.column_names), None)
     page_texts = dict(zip(corpus_ids, corpus[text_column])) if text_column else None
     return RetrievalData(dict(zip(query_ids, texts)), dict(zip(corpus_ids, images)), judged, page_texts)
 
@@ -617,7 +616,7 @@ def write_beir(rows: Dataset, folder: Path, query: str = "query", positive: str 
         pages += list(rows[column])
     folder.mkdir(parents=True, exist_ok=True)
     corpus = Dataset.from_dict({"corpus-id": corpus_ids, "image": pages}).cast_column("image", Image())
-    page_texts = _row_page_texts(rows, [positive, *negatives])  # issue 12: the pages' texts, in corpus order
+    page_texts = _row_page_texts(rows, [positive, *negatives])  # the pages' texts, in corpus order
     if page_texts is not None:
         corpus = corpus.add_column("text", list(page_texts.values()))
     corpus.save_to_disk(str(folder / "corpus"))

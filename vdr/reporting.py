@@ -67,7 +67,7 @@ def _datasets(records: Sequence[dict]) -> list[str]:
 
 
 def _dim(record: dict) -> int:
-    """A record's dim; 0 for a record without one (issue 12: a text baseline such as BM25)."""
+    """A record's dim; 0 for a record without one (a text baseline such as BM25)."""
     return 0 if record.get("dim") is None else int(record["dim"])
 
 
@@ -251,7 +251,7 @@ def plot_ndcg_by_dim(records: list[dict], path: str | Path, metric: str = PRIMAR
         dims_seen: list[int] = []
         for model in models:
             dims, values = _series(records, model, dataset, metric)
-            if dims == [0]:  # issue 12: no embedding dimension (a text baseline): a horizontal line
+            if dims == [0]:  # no embedding dimension (a text baseline): a horizontal line
                 ax.axhline(values[0], color=colors[model], linestyle="--", label=model)
             elif dims:
                 ax.plot(dims, values, marker="o", color=colors[model], label=model)
