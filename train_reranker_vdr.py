@@ -27,7 +27,6 @@ from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncode
 from vdr.config import ConfigParser, DataArguments, EvaluationArguments
 from vdr.data import load_training_data
 from vdr.errors import run_cli
-from vdr.provenance import snapshot_arguments, write_run_config
 from vdr.reranker import (
     RerankerLossArguments,
     RerankerModelArguments,
@@ -40,7 +39,7 @@ from vdr.reranker import (
     save_final_reranker,
     write_reranker_metrics,
 )
-from vdr.training import check_enough_rows, check_output_dir, push_to_hub, resolve_resume_checkpoint, train
+from vdr.training import check_enough_rows, finish_run, start_run, train
 
 logger = logging.getLogger("train_reranker_vdr")
 
@@ -64,13 +63,7 @@ def main(
 ) -> dict:
     # 0. Before anything loads: the arguments, the output folder and the checkpoint to resume from; the run's record
     check_reranker_run(data_args, loss_args, training_args)
-    resume_checkpoint = resolve_resume_checkpoint(training_args)
-    check_output_dir(training_args.output_dir, resuming=resume_checkpoint is not None)
-    requested = snapshot_arguments([model_args, data_args, loss_args, eval_args, training_args])
-    write_run_config(training_args.output_dir, requested, argv or [])
-    # The final model is pushed once, after its local save (step 8); the token stays out of every checkpoint.
-    push_requested, hub_token = training_args.push_to_hub, training_args.hub_token
-    training_args.push_to_hub, training_args.hub_token = False, None
+    run = start_run([model_args, data_args, loss_args, eval_args, training_args], training_args, argv or [])
 
     # 1. Model: a CrossEncoder scoring logit[yes] - logit[no] of the answer token after the reranker prompt
     model = build_reranker(model_args)
@@ -106,22 +99,18 @@ def main(
         loss=loss,
         evaluator=evaluation.evaluator if evaluation else None,
     )
-    train(trainer, resume_checkpoint, argv or [])
+    train(trainer, run.resume_checkpoint, argv or [])
 
-    # 6. Save the final model before anything else can fail
-    if not trainer.is_world_process_zero():
-        return {}
-    final_dir = save_final_reranker(model, training_args.output_dir)
+    # 6-7. On the main process only: save the final model before anything else can fail, then the final evaluation
+    # and metrics.json
+    def save_and_evaluate() -> tuple:
+        final_dir = save_final_reranker(model, training_args.output_dir)
+        final_scores = evaluation(model) if evaluation else {}
+        metrics = write_reranker_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
+        return final_dir, metrics
 
-    # 7. Final evaluation and metrics.json
-    final_scores = evaluation(model) if evaluation else {}
-    metrics = write_reranker_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
-    print(metrics["summary"])
-
-    # 8. (Optional) Push to the Hugging Face Hub; a failure keeps the local copy and says how to retry
-    if push_requested:
-        push_to_hub(model, final_dir, training_args, hub_token)
-    return metrics
+    # 8. (Optional) Push to the Hugging Face Hub, once, after the local save
+    return finish_run(training_args, run, save_and_evaluate, model)
 
 
 def cli(argv: list[str] | None = None) -> None:

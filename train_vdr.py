@@ -52,15 +52,14 @@ from vdr.lora import LoraArguments, add_lora_adapter, save_final
 from vdr.loss import build_loss
 from vdr.model import build_model, check_truncate_dim
 from vdr.multi_vector_training import train_multi_vector
-from vdr.provenance import snapshot_arguments, write_run_config
+from vdr.provenance import write_run_config
 from vdr.train_pages import presize_page_columns
 from vdr.training import (
     check_enough_rows,
-    check_output_dir,
-    push_to_hub,
-    resolve_resume_checkpoint,
+    finish_run,
     resolved_settings,
     set_training_prompts,
+    start_run,
     train,
     write_metrics,
 )
@@ -97,15 +96,7 @@ def main(
     lora_args = lora_args or LoraArguments()
     # 0. Before anything loads: the arguments, the output folder and the checkpoint to resume from; the run's record
     check_training_run(model_args, data_args, loss_args, training_args)
-    resume_checkpoint = resolve_resume_checkpoint(training_args)
-    check_output_dir(training_args.output_dir, resuming=resume_checkpoint is not None)
-    groups = [model_args, data_args, loss_args, eval_args, training_args, lora_args]
-    requested = snapshot_arguments(groups)
-    write_run_config(training_args.output_dir, requested, argv or [])
-    # The final model is pushed once, after its local save (step 9), not by the trainer at every checkpoint; the
-    # token is kept out of the arguments the trainer pickles into every checkpoint (training_args.bin).
-    push_requested, hub_token = training_args.push_to_hub, training_args.hub_token
-    training_args.push_to_hub, training_args.hub_token = False, None
+    run = start_run([model_args, data_args, loss_args, eval_args, training_args, lora_args], training_args, argv or [])
 
     # 1. Dataset: (query, page, hard negatives) rows; evaluation rows hold every negative column. Loaded (and
     # checked) before the model, so a data mistake fails before a model of several GB loads.
@@ -132,8 +123,8 @@ def main(
 
     # 4. Training arguments: parsed as they are; prompts (if any) come from the model's own, for every column
     set_training_prompts(training_args, model, data_args, eval_rows)
-    resolved = resolved_settings(model, training_args, resume_checkpoint)
-    write_run_config(training_args.output_dir, requested, argv or [], resolved)
+    resolved = resolved_settings(model, training_args, run.resume_checkpoint)
+    write_run_config(training_args.output_dir, run.requested, argv or [], resolved)
 
     # 5. Evaluator: NDCG@10 of the base model, during training, and at every Matryoshka dim at the end
     evaluation = None
@@ -164,7 +155,7 @@ def main(
         loss=loss,
         evaluator=evaluation.evaluator if evaluation else None,
     )
-    train(trainer, resume_checkpoint, argv or [])
+    train(trainer, run.resume_checkpoint, argv or [])
 
     # 7-8. On the main process only (the others wait): save the final model (with its default truncate_dim, a LoRA
     # adapter merged unless --lora_merge false) before anything else can fail, then evaluate it at every Matryoshka
@@ -183,16 +174,8 @@ def main(
             logger.info("Before and after training:\n%s", table)
         return final_dir, write_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
 
-    finished = on_main_process(training_args, save_and_evaluate)
-    if finished is None:
-        return {}
-    final_dir, metrics = finished
-    print(metrics["summary"])
-
-    # 9. (Optional) Push to the Hugging Face Hub; a failure keeps the local copy and says how to retry
-    if push_requested:
-        push_to_hub(trained, final_dir, training_args, hub_token)
-    return metrics
+    # 9. (Optional) Push to the Hugging Face Hub, once, after the local save
+    return finish_run(training_args, run, save_and_evaluate, trained)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -43,16 +43,15 @@ from vdr.multi_vector import (
     evaluate_multi_vector,
     projection_learning_rates,
 )
-from vdr.provenance import snapshot_arguments, write_run_config
+from vdr.provenance import write_run_config
 from vdr.train_pages import presize_page_columns
 from vdr.training import (
     FINAL_MODEL_DIR,
     check_enough_rows,
-    check_output_dir,
-    push_to_hub,
-    resolve_resume_checkpoint,
+    finish_run,
     resolved_settings,
     set_training_prompts,
+    start_run,
     train,
     write_metrics,
 )
@@ -102,14 +101,8 @@ def train_multi_vector(
     # 0. Before anything loads, as train_vdr.py: arguments, output folder, checkpoint to resume, the run's record
     check_multi_vector_run(model_args, lora_args)
     check_training_run(model_args, data_args, loss_args, training_args)
-    resume_checkpoint = resolve_resume_checkpoint(training_args)
-    check_output_dir(training_args.output_dir, resuming=resume_checkpoint is not None)
     groups = [model_args, data_args, loss_args, eval_args, training_args, *([lora_args] if lora_args else [])]
-    requested = snapshot_arguments(groups)
-    write_run_config(training_args.output_dir, requested, argv)
-    # The final model is pushed once, after its local save; the token stays out of the pickled training arguments.
-    push_requested, hub_token = training_args.push_to_hub, training_args.hub_token
-    training_args.push_to_hub, training_args.hub_token = False, None
+    run = start_run(groups, training_args, argv)
 
     # 1. Model: the base with a new 128-d token projection, a scoring mask and token-level normalisation. Seeded
     # first: the projection is randomly initialised, and the base model's score would vary from run to run.
@@ -129,8 +122,9 @@ def train_multi_vector(
     # 4. Training arguments: the multi-vector class, the projection's learning rate, prompts per column
     set_training_prompts(training_args, model, data_args, eval_rows)
     args = multi_vector_training_arguments(training_args, model, model_args.projection_learning_rate)
-    resolved = resolved_settings(model, args, resume_checkpoint) | {"learning_rate_mapping": args.learning_rate_mapping}
-    write_run_config(training_args.output_dir, requested, argv, resolved)
+    resolved = resolved_settings(model, args, run.resume_checkpoint)
+    resolved["learning_rate_mapping"] = args.learning_rate_mapping
+    write_run_config(training_args.output_dir, run.requested, argv, resolved)
 
     # 5. Evaluator: MaxSim retrieval on the held-out rows, before, during and after training
     evaluation, evaluator, base_scores = None, None, {}
@@ -152,7 +146,7 @@ def train_multi_vector(
     trainer = MultiVectorEncoderTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator
     )
-    train(trainer, resume_checkpoint, argv)
+    train(trainer, run.resume_checkpoint, argv)
 
     # 7-8. On the main process only (the others wait): save the final model before anything else can fail, then
     # the final evaluation and metrics.json (keyed by the token dimension)
@@ -165,13 +159,5 @@ def train_multi_vector(
             logger.info("Before and after training:\n%s", table)
         return final_dir, write_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
 
-    finished = on_main_process(training_args, save_and_evaluate)
-    if finished is None:
-        return {}
-    final_dir, metrics = finished
-    print(metrics["summary"])
-
-    # 9. (Optional) Push to the Hub
-    if push_requested:
-        push_to_hub(model, final_dir, training_args, hub_token)
-    return metrics
+    # 9. (Optional) Push to the Hub, once, after the local save
+    return finish_run(training_args, run, save_and_evaluate, model)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from vdr.config import DataArguments
 from vdr.data import negative_columns_of
+from vdr.distributed import on_main_process
 from vdr.errors import Interrupted, PushFailed, VdrError
-from vdr.provenance import redact_command
+from vdr.provenance import redact_command, snapshot_arguments, write_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +27,49 @@ METRICS_FILE = "metrics.json"
 #: Written beside the final model so evaluate_vdr.py knows which dimensions it was trained at.
 TRAINING_INFO_FILE = "vdr_training.json"
 RESUME_LAST = ("last", "true", "True")
+
+
+@dataclass
+class RunStart:
+    """What step 0 of a training script settles before anything loads."""
+
+    resume_checkpoint: str | None
+    requested: dict[str, dict[str, Any]]  # every argument group as requested, for run_config.json
+    push_requested: bool
+    hub_token: str | None
+
+
+def start_run(groups: Sequence[Any], args: Any, argv: list[str]) -> RunStart:
+    """Step 0 of every training script (embedding, multi-vector, reranker), after its own argument checks: the
+    checkpoint to resume from, an output folder that holds no earlier run, and run_config.json as requested.
+
+    The push is taken away from the trainer (the final model is pushed once, after its local save: a Hub failure
+    mid-run must not stop training), and the token is kept out of the arguments the trainer pickles into every
+    checkpoint (training_args.bin).
+    """
+    resume_checkpoint = resolve_resume_checkpoint(args)
+    check_output_dir(args.output_dir, resuming=resume_checkpoint is not None)
+    requested = snapshot_arguments(groups)
+    write_run_config(args.output_dir, requested, argv)
+    run = RunStart(resume_checkpoint, requested, args.push_to_hub, args.hub_token)
+    args.push_to_hub, args.hub_token = False, None
+    return run
+
+
+def finish_run(
+    args: Any, run: RunStart, save_and_evaluate: Callable[[], tuple[Path, dict[str, Any]]], model: Any
+) -> dict[str, Any]:
+    """The last steps of a training script: ``save_and_evaluate`` (the final save before anything else can fail,
+    then the final evaluation and metrics.json) on the main process while the others wait, the summary printed,
+    then the optional push of the saved model. Returns metrics.json's record ({} on the other processes)."""
+    finished = on_main_process(args, save_and_evaluate)
+    if finished is None:
+        return {}
+    final_dir, metrics = finished
+    print(metrics["summary"])
+    if run.push_requested:  # a failure keeps the local copy and says how to retry
+        push_to_hub(model, final_dir, args, run.hub_token)
+    return metrics
 
 
 def resolve_resume_checkpoint(args: SentenceTransformerTrainingArguments) -> str | None:
