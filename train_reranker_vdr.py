@@ -36,10 +36,9 @@ from vdr.reranker import (
     check_reranker_run,
     presize_pages,
     rows_for_loss,
-    save_final_reranker,
     write_reranker_metrics,
 )
-from vdr.training import check_enough_rows, finish_run, start_run, train
+from vdr.training import check_enough_rows, finish_run, save_to_final_dir, start_run, train
 
 logger = logging.getLogger("train_reranker_vdr")
 
@@ -104,7 +103,7 @@ def main(
     # 6-7. On the main process only: save the final model before anything else can fail, then the final evaluation
     # and metrics.json
     def save_and_evaluate() -> tuple:
-        final_dir = save_final_reranker(model, training_args.output_dir)
+        final_dir = save_to_final_dir(model, training_args.output_dir)
         final_scores = evaluation(model) if evaluation else {}
         metrics = write_reranker_metrics(training_args.output_dir, eval_args.eval_name, base_scores, final_scores)
         return final_dir, metrics

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import fields
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from sentence_transformers import SentenceTransformerTrainingArguments
@@ -46,10 +45,10 @@ from vdr.multi_vector import (
 from vdr.provenance import write_run_config
 from vdr.train_pages import presize_page_columns
 from vdr.training import (
-    FINAL_MODEL_DIR,
     check_enough_rows,
     finish_run,
     resolved_settings,
+    save_to_final_dir,
     set_training_prompts,
     start_run,
     train,
@@ -80,13 +79,6 @@ def multi_vector_training_arguments(
     if projection_learning_rate is not None and not converted.learning_rate_mapping:
         converted.learning_rate_mapping = projection_learning_rates(model, projection_learning_rate)
     return converted
-
-
-def save_multi_vector_model(model: MultiVectorEncoder, output_dir: str) -> Path:
-    final_dir = Path(output_dir) / FINAL_MODEL_DIR
-    model.save_pretrained(str(final_dir))
-    logger.info("Saved the final multi-vector model to %s", final_dir)
-    return final_dir
 
 
 def train_multi_vector(
@@ -151,7 +143,7 @@ def train_multi_vector(
     # 7-8. On the main process only (the others wait): save the final model before anything else can fail, then
     # the final evaluation and metrics.json (keyed by the token dimension)
     def save_and_evaluate() -> tuple:
-        final_dir = save_multi_vector_model(model, training_args.output_dir)
+        final_dir = save_to_final_dir(model, training_args.output_dir)
         final_scores: dict = {}
         if evaluation is not None:
             final_scores = evaluate_multi_vector(model, evaluation.data, eval_args.evaluator_batch_size)

@@ -33,7 +33,7 @@ from vdr.errors import VdrError
 from vdr.evaluation import presize_corpus
 from vdr.model import PROCESSING_KWARGS, model_kwargs, processor_kwargs, resolve_model_path
 from vdr.preprocessing import page_resizer
-from vdr.training import FINAL_MODEL_DIR, METRICS_FILE
+from vdr.training import METRICS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -364,13 +364,6 @@ def rerank_samples(data: RetrievalData, num_negatives: int) -> list[dict[str, An
         }
         for row in range(num_rows)
     ]
-
-
-def save_final_reranker(model: CrossEncoder, output_dir: str) -> Path:
-    final_dir = Path(output_dir) / FINAL_MODEL_DIR
-    model.save_pretrained(str(final_dir))
-    logger.info("Saved the final reranker to %s", final_dir)
-    return final_dir
 
 
 def write_reranker_metrics(

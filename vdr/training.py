@@ -193,15 +193,21 @@ def resolved_settings(
     }
 
 
+def save_to_final_dir(model: Any, output_dir: str) -> Path:
+    """Save any Sentence Transformers model (embedder, multi-vector encoder, cross-encoder) to ``output_dir/final``."""
+    final_dir = Path(output_dir) / FINAL_MODEL_DIR
+    model.save_pretrained(str(final_dir))
+    logger.info("Saved the final model to %s", final_dir)
+    return final_dir
+
+
 def save_final_model(
     model: SentenceTransformer, output_dir: str, truncate_dim: int | None, matryoshka_dims: list[int]
 ) -> Path:
     """Save to ``output_dir/final`` with ``truncate_dim`` as the model's default output dimension."""
-    final_dir = Path(output_dir) / FINAL_MODEL_DIR
     model.truncate_dim = truncate_dim
-    model.save_pretrained(str(final_dir))
+    final_dir = save_to_final_dir(model, output_dir)
     (final_dir / TRAINING_INFO_FILE).write_text(json.dumps({"matryoshka_dims": matryoshka_dims}, indent=2))
-    logger.info("Saved the final model to %s", final_dir)
     return final_dir
 
 
