@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,11 @@ from sentence_transformers.util.file_io import load_file_path
 from torch import nn
 
 from vdr.config import DataArguments, ModelArguments, check_training_run
-from vdr.data import PageRef, RetrievalData, caching_outside_the_data_folder, negative_columns_of, retrieval_from_rows
+from vdr.data import RetrievalData, negative_columns_of, retrieval_from_rows
 from vdr.errors import VdrError
 from vdr.evaluation import presize_corpus
 from vdr.model import PROCESSING_KWARGS, model_kwargs, processor_kwargs, resolve_model_path
-from vdr.preprocessing import page_resizer
+from vdr.train_pages import presize_page_columns
 from vdr.training import METRICS_FILE
 
 logger = logging.getLogger(__name__)
@@ -251,26 +250,19 @@ def _build_from_vlm(path: str, args: RerankerModelArguments, load_kwargs: dict) 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def presize_pages(model: CrossEncoder, rows: Dataset, columns: list[str], workers: int = 2) -> Dataset:
+def presize_pages(model: CrossEncoder, rows: Dataset, columns: list[str]) -> Dataset:
     """Resize every page of ``columns`` once, to the model's pixel budget, with the processor's own resize.
 
     The cross-encoder losses call ``model.preprocess`` in the training loop's own process, so a full-size page would
     be decoded and resized there at every epoch; a presized page costs a small fraction of that, and gives the same
-    pixel values (the processor then finds it at its target size). The resized pages are written to a temporary
-    Arrow file, never into the data's own folder.
+    pixel values (the processor then finds it at its target size). The embedding trainer's presizing
+    (``vdr.train_pages``: cached on disk by page content and processor settings, never in the data's own folder),
+    with the columns kept as images.
     """
-    _, resize = page_resizer(model)
-    undecoded = _undecoded(rows, columns)
-
-    def resize_batch(batch: dict[str, list]) -> dict[str, list]:
-        with ThreadPoolExecutor(workers) as pool:
-            return {
-                column: list(pool.map(lambda page: resize(PageRef(page["bytes"], page["path"])), batch[column]))
-                for column in columns
-            }
-
-    with caching_outside_the_data_folder():
-        return undecoded.map(resize_batch, batched=True, batch_size=64, features=rows.features, desc="Resizing pages")
+    presized = presize_page_columns(model, rows, columns=columns)
+    for column in columns:
+        presized = presized.cast_column(column, Image())
+    return presized
 
 
 def rows_for_loss(rows: Dataset, loss: str, query: str, positive: str, negatives: list[str]) -> Dataset:

@@ -56,13 +56,15 @@ def presize_page_columns(
     dataset: Dataset,
     cache_dir: str | Path | None = None,
     workers: int | None = None,
+    columns: list[str] | None = None,
 ) -> Dataset:
-    """Replace every page column of ``dataset`` with paths to its pages resized as ``model``'s processor would.
+    """Replace every page column of ``dataset`` (or only ``columns``) with paths to its pages resized as
+    ``model``'s processor would (any Sentence Transformers model: embedder, multi-vector encoder, cross-encoder).
 
     Returns ``dataset`` unchanged when it has no page columns or the model's processor does not resize with a
     known pixel budget (only Qwen-VL image processors are presized, as in the evaluation).
     """
-    columns = image_columns(dataset)
+    columns = image_columns(dataset) if columns is None else columns
     key, resize = page_resizer(model)
     if not columns or key == ("as-is",):
         return dataset
