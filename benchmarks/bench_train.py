@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -253,10 +254,17 @@ def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
     model = build_model(model_args)
     if torch.cuda.is_available():
         model.to("cuda")
-    dims = [d for d in (2048, 1536, 1024, 512, 256, 128, 64) if d <= model.get_embedding_dimension()]
-    dims = dims or [model.get_embedding_dimension()]
-    loss = build_loss(model, LossArguments(matryoshka_dims=dims, mini_batch_size=args.mini_batch_size))
-    return Setup(model, loss, args.batch_size, output_dir)
+    return Setup(model, recipe_loss(model, args.mini_batch_size[0]), args.batch_size, output_dir)
+
+
+def matryoshka_dims(dimension: int) -> list[int]:
+    """The recipe's dims that the model can produce (all of them for a 2B model; its full dim for the tiny one)."""
+    return [d for d in (2048, 1536, 1024, 512, 256, 128, 64) if d <= dimension] or [dimension]
+
+
+def recipe_loss(model, mini_batch_size: int):
+    dims = matryoshka_dims(model.get_embedding_dimension())
+    return build_loss(model, LossArguments(matryoshka_dims=dims, mini_batch_size=mini_batch_size))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -282,8 +290,36 @@ def run(args: argparse.Namespace) -> None:
         "pages as paths until the collator": (as_path_columns(plain), "no_duplicates"),
         "ours: presized pages (paths)": (fast, "no_duplicates"),
     }
-    rows_per_epoch, pages_per_epoch = len(plain), 2 * len(plain)
+    if not args.skip_data_path:
+        report_data_path(args, setup, variants, presize_cold, presize_warm)
 
+    torch.set_num_threads(args.torch_threads)
+    split_rows = []
+    runs = [("recipe (datasets.Image, no_duplicates)", args.mini_batch_size[0])]
+    runs += [("ours: presized pages (paths)", size) for size in args.mini_batch_size]
+    for name, mini_batch_size in runs:
+        dataset, sampler = variants[name]
+        setup.loss = recipe_loss(setup.model, mini_batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        split = step_split(setup, dataset, sampler, args.step_workers, args.steps).per_step()
+        rows_per_second = args.batch_size / split["total"]
+        split_rows.append([name, mini_batch_size] + [f"{split[k]:.2f} s" for k in split] + [f"{rows_per_second:.1f}"])
+        if torch.cuda.is_available():
+            split_rows[-1].append(f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    print(f"\nOne training step ({args.batch_size} rows, {args.step_workers} workers, mean of {args.steps} steps):")
+    header = ["data path", "mini-batch", "data wait", "no-grad forward", "forward+backward", "optimizer", "total"]
+    print(table(header + ["rows/s"] + (["peak GPU memory"] if torch.cuda.is_available() else []), split_rows))
+
+    if args.end_to_end:
+        end_to_end(args, work)
+
+
+def report_data_path(args: argparse.Namespace, setup: Setup, variants: dict, presize_cold: float,
+                     presize_warm: float) -> None:  # fmt: skip
+    """The data path alone: decodes, sampler and model-card costs, then rows/s and pages/s by workers."""
+    rows_per_epoch = len(variants["recipe (datasets.Image, no_duplicates)"][0])
+    pages_per_epoch = 2 * rows_per_epoch
     # Costs outside the DataLoader: sampler epoch, model card statistics, decodes per page (0 workers, in-process)
     costs, rates = [], {}
     for name, (dataset, sampler) in variants.items():
@@ -318,58 +354,70 @@ def run(args: argparse.Namespace) -> None:
           "0 workers = one core, one torch thread:")  # fmt: skip
     print(table(["data path", "workers", "rows/s", "pages/s", "vs recipe"], rate_rows))
 
-    torch.set_num_threads(args.torch_threads)
-    split_rows = []
-    for name in ("recipe (datasets.Image, no_duplicates)", "ours: presized pages (paths)"):
-        dataset, sampler = variants[name]
-        split = step_split(setup, dataset, sampler, args.step_workers, args.steps).per_step()
-        split_rows.append([name] + [f"{split[k]:.2f} s" for k in split])
-    print(f"\nOne training step ({args.batch_size} rows, {args.step_workers} workers, mean of {args.steps} steps):")
-    print(table(["data path", "data wait", "no-grad forward", "forward+backward", "optimizer", "total"], split_rows))
-
-    if args.end_to_end:
-        end_to_end(args, work)
-
 
 # ------------------------------------------------------------------------------------------------ end to end
 def end_to_end(args: argparse.Namespace, work: Path) -> None:
     """train_vdr.py on the same page files, recipe data settings, before (no presizing) and after (cold, warm)."""
     jsonl = write_page_files(work / "e2e", args.e2e_rows, args.format, seed=1)
     cache = work / "e2e-cache"
+    on_gpu = torch.cuda.is_available()
+    dims = [str(d) for d in matryoshka_dims(embedding_dimension(args.model))]
     common = [
         sys.executable, str(REPO_ROOT / "train_vdr.py"),
         "--model_name_or_path", args.model, "--torch_dtype", args.torch_dtype or "float32",
+        "--bf16", str(on_gpu and args.torch_dtype == "bfloat16").lower(),
         "--min_pixels", str(RECIPE_MIN_PIXELS), "--max_pixels", str(args.max_pixels),
         "--train_dataset", str(jsonl), "--negative_columns", "negative_0",
-        "--matryoshka_dims", "64", "32", "16", "--mini_batch_size", str(args.mini_batch_size),
+        "--matryoshka_dims", *dims, "--mini_batch_size", str(args.mini_batch_size[-1]),
         "--per_device_train_batch_size", str(args.batch_size), "--batch_sampler", "no_duplicates",
         "--num_train_epochs", "1", "--learning_rate", "1e-4", "--eval_strategy", "no", "--save_strategy", "no",
-        "--report_to", "none", "--dataloader_pin_memory", "false", "--seed", "42",
+        "--report_to", "none", "--dataloader_pin_memory", str(on_gpu).lower(), "--seed", "42",
     ]  # fmt: skip
     runs = [
         ("before: recipe data path (no presizing, 0 workers)", ["--presize_pages", "false"], 0),
         ("after, first run (presizing included, 0 workers)", ["--presize_pages", "true"], 0),
         ("after, pages cached (0 workers)", ["--presize_pages", "true"], 0),
-        ("after, pages cached (2 workers)", ["--presize_pages", "true"], 2),
+        (f"after, pages cached ({args.e2e_workers} workers)", ["--presize_pages", "true"], args.e2e_workers),
     ]
     env = {**os.environ, "VDR_CACHE": str(cache)}
-    subprocess.run(
-        [*common, "--presize_pages", "false", "--max_steps", "1", "--output_dir", str(work / "warmup")],
-        env=env,
-        check=True,
-        capture_output=True,
-    )  # builds the tiny model once, outside the timings
+    if args.model == TINY_MODEL_ID:  # build the tiny model once, outside the timings
+        warmup = [*common, "--presize_pages", "false", "--max_steps", "1", "--output_dir", str(work / "warmup")]
+        subprocess.run(warmup, env=env, check=True, capture_output=True)
     results = []
     for number, (name, flags, workers) in enumerate(runs):
         output = [*flags, "--dataloader_num_workers", str(workers), "--output_dir", str(work / f"e2e-{number}")]
-        elapsed, _ = seconds(subprocess.run, [*common, *output], env=env, check=True, capture_output=True)
-        results.append([name, f"{elapsed:.1f} s", f"{args.e2e_rows / elapsed:.2f}"])
-    before = args.e2e_rows / float(results[0][1].split()[0])
+        elapsed, done = seconds(subprocess.run, [*common, *output], env=env, check=True, capture_output=True, text=True)
+        loop = training_loop_seconds(done.stdout + done.stderr)
+        results.append([name, f"{elapsed:.1f} s", f"{args.e2e_rows / elapsed:.2f}", f"{loop:.1f} s",
+                        f"{args.e2e_rows / loop:.2f}"])  # fmt: skip
+        print(f"  {' | '.join(results[-1])}", flush=True)  # as it ends: a run cut short keeps the others' figures
+    before_wall, before_loop = (float(results[0][column].split()[0]) for column in (1, 3))
     for row in results:
-        row.append(f"**{float(row[2]) / before:.1f}x**")
-    settings = f"{args.e2e_rows} rows, batch {args.batch_size}, mini-batch {args.mini_batch_size}, one epoch"
-    print(f"\ntrain_vdr.py end to end ({settings}; wall time of the command; load {os.getloadavg()[0]:.2f}):")
-    print(table(["run", "wall", "rows/s", "vs before"], results))
+        wall, loop = float(row[1].split()[0]), float(row[3].split()[0])
+        row += [f"**{before_wall / wall:.1f}x**", f"**{before_loop / loop:.1f}x**"]
+    settings = (f"{args.e2e_rows} rows, batch {args.batch_size}, mini-batch {args.mini_batch_size[-1]}, one epoch, "
+                f"model {args.model}{', bf16 on ' + torch.cuda.get_device_name() if on_gpu else ', CPU'}")  # fmt: skip
+    print(f"\ntrain_vdr.py end to end ({settings}; load {os.getloadavg()[0]:.2f}):")
+    print(table(["run", "wall (command)", "rows/s", "training loop", "rows/s", "wall vs before", "loop vs before"],
+                results))  # fmt: skip
+
+
+def embedding_dimension(model: str) -> int:
+    """The model's hidden size from its config, without loading its weights."""
+    from transformers import AutoConfig
+
+    from vdr.tiny_model import ensure_tiny_qwen3_vl
+
+    config = AutoConfig.from_pretrained(str(ensure_tiny_qwen3_vl()) if model == TINY_MODEL_ID else model)
+    return getattr(config, "text_config", config).hidden_size
+
+
+def training_loop_seconds(output: str) -> float:
+    """The trainer's own train_runtime (training loop only: no start-up, model load or saving)."""
+    match = re.search(r"'train_runtime': '?([0-9.]+)", output)
+    if not match:
+        raise RuntimeError(f"No train_runtime in train_vdr.py's output:\n{output[-2000:]}")
+    return float(match.group(1))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -380,17 +428,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=("png", "jpeg"), default="png")
     parser.add_argument("--max_pixels", type=int, default=RECIPE_MAX_PIXELS)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--mini_batch_size", type=int, default=1, help="The recipe's gradient-cache mini-batch.")
+    parser.add_argument("--mini_batch_size", type=int, nargs="+", default=[1],
+                        help="Gradient-cache mini-batches (recipe: 1); the step split times each.")  # fmt: skip
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--step_workers", type=int, default=2, help="Dataloader workers for the step split.")
     parser.add_argument("--steps", type=int, default=3, help="Training steps timed for the step split.")
     parser.add_argument("--torch_threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--skip_data_path", action="store_true", help="Only the step split (and --end_to_end).")
     parser.add_argument("--end_to_end", action="store_true", help="Also time train_vdr.py before and after.")
     parser.add_argument("--only_end_to_end", action="store_true", help="Only time train_vdr.py before and after.")
     parser.add_argument("--e2e_rows", type=int, default=96)
+    parser.add_argument("--e2e_workers", type=int, default=2, help="Dataloader workers of the last end-to-end run.")
     parser.add_argument("--fresh_cache", action="store_true", help="Build the tiny model in a temporary cache.")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that the benchmark runs.")
     args = parser.parse_args(argv)
+    if args.num_rows < 2 * args.batch_size and not args.smoke:  # step 0 warms up and is not counted
+        parser.error(f"--num_rows {args.num_rows} gives fewer than 2 batches of {args.batch_size}: the step split "
+                     "needs at least 2 (the first one warms up)")  # fmt: skip
     if args.smoke:
         args.num_rows, args.batch_size, args.max_pixels, args.steps = 4, 2, 64 * 64, 1
         args.workers, args.step_workers, args.e2e_rows = [0], 0, 4

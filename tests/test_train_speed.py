@@ -186,3 +186,24 @@ def test_same_seed_gives_the_same_losses_with_the_fast_and_the_plain_data_path(
     assert len(plain_losses) == 4  # 2 epochs x 2 batches of 3 rows
     assert plain_losses[-1] != plain_losses[0]  # the model did train
     assert fast_losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize(("size", "backbone_parameters"), [("2b", 2.13e9), ("8b", 8.14e9)])
+def test_the_benchmarks_full_size_random_model_has_the_released_size(size, backbone_parameters):
+    """benchmarks/random_qwen3_vl.py stands in for Qwen3-VL-Embedding-2B/8B in speed figures: its size must match
+    (the embedding model is the backbone without the language-model head). Built on the meta device: no memory."""
+    import sys
+
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from vdr.tiny_model import _build_config, _train_tokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from random_qwen3_vl import SIZES
+
+    config = _build_config(_train_tokenizer(), *SIZES[size])
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(config)
+    parameters = sum(parameter.numel() for parameter in model.model.parameters())
+    assert parameters == pytest.approx(backbone_parameters, rel=0.01)
+    assert config.vision_config.out_hidden_size == config.text_config.hidden_size

@@ -93,40 +93,51 @@ def _train_tokenizer(vocab_size: int = 730):
     )
 
 
-def _build_config(tokenizer):
+# The tiny sizes (about 0.5M parameters). Replacing them with a released model's sizes gives a randomly
+# initialised model of that size: the training benchmark measures a full-size model so (speed does not depend on
+# the weights).
+TINY_TEXT_SIZES = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    # mrope_section must sum to head_dim / 2 (temporal, height, width rotary frequencies).
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 5_000_000.0,
+        "mrope_section": [4, 2, 2],
+        "mrope_interleaved": True,
+    },
+}
+TINY_VISION_SIZES = {
+    "depth": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_heads": 4,
+    "out_hidden_size": 64,  # must equal the text hidden size
+    "num_position_embeddings": 256,  # a perfect square (a 16x16 grid of learned positions)
+    "deepstack_visual_indexes": [0, 1],  # below the vision depth, no more than the text layers
+}
+
+
+def _build_config(tokenizer, text_sizes: dict | None = None, vision_sizes: dict | None = None):
     from transformers import Qwen3VLConfig
 
     token_id = tokenizer.convert_tokens_to_ids
     text_config = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
         "max_position_embeddings": 4096,
-        # mrope_section must sum to head_dim / 2 (temporal, height, width rotary frequencies).
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 5_000_000.0,
-            "mrope_section": [4, 2, 2],
-            "mrope_interleaved": True,
-        },
+        **(text_sizes or TINY_TEXT_SIZES),
         "pad_token_id": token_id("<|endoftext|>"),
         "eos_token_id": token_id("<|im_end|>"),
     }
     vision_config = {
-        "depth": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_heads": 4,
         "patch_size": 16,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
-        "out_hidden_size": 64,  # must equal the text hidden size
-        "num_position_embeddings": 256,  # a perfect square (a 16x16 grid of learned positions)
-        "deepstack_visual_indexes": [0, 1],  # below the vision depth, no more than the text layers
+        **(vision_sizes or TINY_VISION_SIZES),
     }
     return Qwen3VLConfig(
         text_config=text_config,
@@ -158,14 +169,26 @@ def _build_processor(tokenizer):
     )
 
 
-def write_tiny_qwen3_vl(output_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random Qwen3-VL checkpoint (weights, config, processor) to ``output_dir``."""
+def write_tiny_qwen3_vl(
+    output_dir: str | Path,
+    seed: int = 0,
+    text_sizes: dict | None = None,
+    vision_sizes: dict | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """Write a tiny random Qwen3-VL checkpoint (weights, config, processor) to ``output_dir``.
+
+    ``text_sizes`` / ``vision_sizes`` replace the tiny sizes (see ``TINY_TEXT_SIZES``); ``device`` and ``dtype``
+    (e.g. "cuda", "bfloat16") make initialising a full-size model quick."""
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
     torch.manual_seed(seed)
     tokenizer = _train_tokenizer()
-    model = Qwen3VLForConditionalGeneration(_build_config(tokenizer))
+    config = _build_config(tokenizer, text_sizes, vision_sizes)
+    with torch.device(device or "cpu"):
+        model = Qwen3VLForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype or "float32"))
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     _build_processor(tokenizer).save_pretrained(output_dir)
