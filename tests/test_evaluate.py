@@ -356,3 +356,14 @@ def test_benchmark_runs_as_the_readme_writes_it(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--num_rows" in result.stdout
+
+
+def test_models_built_here_never_ask_the_hub_for_their_dims(monkeypatch):
+    """bm25 and the tiny model have no Hub card: asking for one would wait on the network (or find a stranger's)."""
+    import vdr.model_comparison as model_comparison
+
+    asked = []
+    monkeypatch.setattr(model_comparison, "_hub_model_card", lambda model_id: asked.append(model_id))
+    for model_id in ("bm25", "generated:tiny-qwen3-vl", "someone/some-model"):
+        assert model_comparison.known_matryoshka_dims(model_id) is None
+    assert asked == ["someone/some-model"]

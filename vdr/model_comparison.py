@@ -18,6 +18,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
+from vdr.bm25 import BM25_MODEL_ID
 from vdr.config import ModelArguments, ModelLoadingArguments, looks_like_local_path
 from vdr.data import RetrievalData
 from vdr.embedding_cache import EmbeddingCache, dataset_fingerprint
@@ -112,6 +113,8 @@ def known_matryoshka_dims(model_path: str) -> list[int] | None:
             return [int(dim) for dim in json.loads(info.read_text())["matryoshka_dims"]]
         except (ValueError, KeyError, TypeError) as error:
             raise VdrError(f"'{info}' is not a valid training record ({error}); pass --truncate_dims.") from None
+    if model_path in (TINY_MODEL_ID, BM25_MODEL_ID):  # built here: no folder, and no Hub card to ask for
+        return None
     card = folder / "README.md" if folder.is_dir() else _hub_model_card(model_path)
     if card is not None and card.is_file():
         match = re.search(r'"matryoshka_dims":\s*\[([\d,\s]+)\]', card.read_text(errors="ignore"))
