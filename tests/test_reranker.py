@@ -168,6 +168,12 @@ def test_presized_pages_give_the_processor_the_same_pixels(reranker, page_rows):
         torch.testing.assert_close(resized["pixel_values"], original["pixel_values"], rtol=0, atol=0)
 
 
+def test_cmnrl_needs_an_in_batch_negative():
+    # Sentence Transformers samples num_negatives per row: 0 would fail at the first training step, not here
+    with pytest.raises(ValueError, match="num_in_batch_negatives must be 1 or more"):
+        RerankerLossArguments(loss="cmnrl", num_in_batch_negatives=0)
+
+
 @pytest.mark.parametrize("loss_name", ["bce", "lambda", "cmnrl"])
 def test_rows_are_shaped_for_each_loss_and_the_loss_reads_them(reranker, page_rows, loss_name):
     rows = rows_for_loss(page_rows, loss_name, "query", "image", ["negative_0", "negative_1"])
