@@ -23,6 +23,7 @@ import logging
 import sys
 
 from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+from transformers import set_seed
 
 from vdr.config import ConfigParser, DataArguments, EvaluationArguments
 from vdr.data import load_training_data
@@ -64,7 +65,9 @@ def main(
     check_reranker_run(data_args, loss_args, training_args)
     run = start_run([model_args, data_args, loss_args, eval_args, training_args], training_args, argv or [])
 
-    # 1. Model: a CrossEncoder scoring logit[yes] - logit[no] of the answer token after the reranker prompt
+    # 1. Model: a CrossEncoder scoring logit[yes] - logit[no] of the answer token after the reranker prompt. Seeded
+    #    first: weights the checkpoint lacks (the language-model head of an embedding model) are initialised here
+    set_seed(training_args.seed)
     model = build_reranker(model_args)
     logger.info("Reranker:\n%s", model)
 

@@ -104,7 +104,7 @@ class RerankerLossArguments:
         default=8, metadata={"help": "lambda / cmnrl: pairs per forward pass (memory grows with it, not the result)."}
     )
     num_in_batch_negatives: int = field(
-        default=4, metadata={"help": "cmnrl: other rows' pages scored as extra negatives for each query."}
+        default=4, metadata={"help": "cmnrl: other rows' pages scored as extra negatives for each query (1 or more)."}
     )
     pos_weight: float | None = field(
         default=None,
@@ -117,8 +117,9 @@ class RerankerLossArguments:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}.")
-        if self.mini_batch_size < 1 or self.num_in_batch_negatives < 0:
-            raise ValueError("mini_batch_size must be 1 or more and num_in_batch_negatives 0 or more.")
+        if self.mini_batch_size < 1 or self.num_in_batch_negatives < 1:
+            # With 0, Sentence Transformers' in-batch sampling fails mid-training ("cannot sample n_sample <= 0")
+            raise ValueError("mini_batch_size and num_in_batch_negatives must be 1 or more.")
 
 
 def check_reranker_run(data: DataArguments, loss: RerankerLossArguments, training: Any) -> None:
