@@ -46,3 +46,14 @@ def generated_rows() -> list[dict]:
     from vdr.pages import generate_rows
 
     return generate_rows(12, seed=3)
+
+
+@pytest.fixture(scope="session")
+def embedding_quickstart(tmp_path_factory: pytest.TempPathFactory, vdr_cache: Path) -> tuple[Path, dict]:
+    """configs/quickstart.yaml trained once per session (saved with --truncate_dim 32), and its metrics: the
+    training tests check it and the reranker quickstart starts from its final model. Tests only read it."""
+    from train_vdr import main, make_parser
+
+    output_dir = tmp_path_factory.mktemp("quickstart") / "run"
+    argv = ["--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(output_dir)]
+    return output_dir, main(*make_parser().parse([*argv, "--truncate_dim", "32"]))

@@ -18,8 +18,6 @@ from sentence_transformers.util import cos_sim
 from evaluate_vdr import main as evaluate_main
 from evaluate_vdr import make_parser as evaluate_parser
 from train_reranker_vdr import main, make_parser
-from train_vdr import main as train_embedder
-from train_vdr import make_parser as embedder_parser
 from vdr.config import ModelArguments
 from vdr.data import RetrievalData
 from vdr.errors import VdrError
@@ -40,7 +38,6 @@ from .conftest import REPO_ROOT
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart-reranker.yaml")
 TINY = "generated:tiny-qwen3-vl"
 MAX_PIXELS = 36864
-EMBEDDING_QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
 # Measured on the 2-core CPU dev machine, the quickstart as shipped (warm start from the embedding quickstart's model):
 # NDCG@10 0.499 -> 0.723 (seed 42, the one run here) and 0.530 -> 0.656 (seed 7). From the random tiny model, or with
 # the previous recipe (bce on one negative column at 3e-4), it moved -0.06 to +0.07 (one cmnrl run: +0.11).
@@ -218,10 +215,9 @@ def test_rows_are_shaped_for_each_loss_and_the_loss_reads_them(reranker, page_ro
 
 
 @pytest.fixture(scope="module")
-def embedder(tmp_path_factory, vdr_cache) -> Path:
+def embedder(embedding_quickstart) -> Path:
     """The embedding quickstart's model: the reranker quickstart's starting point (its documented first step)."""
-    output_dir = tmp_path_factory.mktemp("quickstart-embedder") / "run"
-    train_embedder(*embedder_parser().parse(["--config", EMBEDDING_QUICKSTART, "--output_dir", str(output_dir)]))
+    output_dir, _ = embedding_quickstart
     return output_dir / "final"
 
 

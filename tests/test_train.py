@@ -32,9 +32,8 @@ def run_quickstart(output_dir: Path, *overrides: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, vdr_cache) -> tuple[Path, dict]:
-    output_dir = tmp_path_factory.mktemp("quickstart") / "run"
-    return output_dir, run_quickstart(output_dir, "--truncate_dim", "32")
+def trained(embedding_quickstart) -> tuple[Path, dict]:
+    return embedding_quickstart
 
 
 def test_ndcg_rises_clearly_above_the_base_model(trained):
