@@ -19,6 +19,9 @@ Usage (CPU, offline):
     python benchmarks/bench_train.py --format jpeg --num_rows 128
     python benchmarks/bench_train.py --end_to_end         # also train_vdr.py before/after, end to end
     python benchmarks/bench_train.py --model path/to/Qwen3-VL-2B-folder --torch_dtype bfloat16   # on a GPU
+    python benchmarks/random_qwen3_vl.py --size 2b --output_dir models/random-qwen3-vl-2b   # such a folder, offline
+    python benchmarks/bench_train.py --model models/random-qwen3-vl-2b --torch_dtype bfloat16 --batch_size 32 \
+        --mini_batch_size 1 8 32 --step_workers 4 --skip_data_path --end_to_end --e2e_workers 4
 
 Speed does not depend on the weights: a randomly initialised model measures the same work as a trained one.
 """
@@ -45,7 +48,11 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from datasets import Image as DatasetImage  # noqa: E402
 from PIL import Image, ImageFile  # noqa: E402
-from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments  # noqa: E402
+from sentence_transformers import (  # noqa: E402
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler  # noqa: E402
 
 from vdr.config import DataArguments, LossArguments, ModelArguments  # noqa: E402
@@ -262,7 +269,7 @@ def matryoshka_dims(dimension: int) -> list[int]:
     return [d for d in (2048, 1536, 1024, 512, 256, 128, 64) if d <= dimension] or [dimension]
 
 
-def recipe_loss(model, mini_batch_size: int):
+def recipe_loss(model: SentenceTransformer, mini_batch_size: int) -> torch.nn.Module:
     dims = matryoshka_dims(model.get_embedding_dimension())
     return build_loss(model, LossArguments(matryoshka_dims=dims, mini_batch_size=mini_batch_size))
 
@@ -442,7 +449,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh_cache", action="store_true", help="Build the tiny model in a temporary cache.")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that the benchmark runs.")
     args = parser.parse_args(argv)
-    if args.num_rows < 2 * args.batch_size and not args.smoke:  # step 0 warms up and is not counted
+    if args.num_rows < 2 * args.batch_size and not (args.smoke or args.only_end_to_end):  # step 0 only warms up
         parser.error(f"--num_rows {args.num_rows} gives fewer than 2 batches of {args.batch_size}: the step split "
                      "needs at least 2 (the first one warms up)")  # fmt: skip
     if args.smoke:
