@@ -138,6 +138,12 @@ def test_an_embedding_model_becomes_a_reranker_on_its_backbone(vdr_cache, tmp_pa
         torch.testing.assert_close(weights[f"model.{name}"], value, rtol=0, atol=0)
 
 
+def test_a_missing_warm_start_says_which_run_makes_it(tmp_path):
+    # The reranker quickstart run before the embedding quickstart: say what to run, before anything loads
+    with pytest.raises(VdrError, match=r"does not exist.*python train_vdr.py --config configs/quickstart.yaml"):
+        build_reranker(RerankerModelArguments(model_name_or_path=str(tmp_path / "outputs" / "quickstart" / "final")))
+
+
 def test_answer_tokens_must_be_single_tokens(vdr_cache):
     with pytest.raises(VdrError, match="no single-token answer pair among yes / no.*--answer_tokens"):
         build_reranker(RerankerModelArguments(model_name_or_path=TINY, answer_tokens=["yes", "no"]))

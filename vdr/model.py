@@ -53,9 +53,15 @@ def resolve_model_path(model_name_or_path: str) -> str:
         return str(ensure_tiny_qwen3_vl())
     looks_local = looks_like_local_path(model_name_or_path)
     if looks_local and not Path(model_name_or_path).expanduser().exists():
+        unfinished_run = (
+            " It looks like a training run's final model, which exists once that run has finished (the reranker "
+            "quickstart starts from `python train_vdr.py --config configs/quickstart.yaml`'s outputs/quickstart/final)."
+            if Path(model_name_or_path).name == "final"
+            else ""
+        )
         raise VdrError(
             f"Model path '{model_name_or_path}' does not exist. Give a local model folder, a Hub model id such "
-            f"as 'Qwen/Qwen3-VL-Embedding-2B', or '{TINY_MODEL_ID}' for the offline tiny model."
+            f"as 'Qwen/Qwen3-VL-Embedding-2B', or '{TINY_MODEL_ID}' for the offline tiny model.{unfinished_run}"
         )
     return str(Path(model_name_or_path).expanduser()) if looks_local else model_name_or_path
 
