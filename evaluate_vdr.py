@@ -47,7 +47,7 @@ from vdr.config import ConfigParser, EvaluateArguments, ModelLoadingArguments
 from vdr.data import DatasetSpec, RetrievalData, load_retrieval_data
 from vdr.deployment import StorageReport, score_other_kinds, storage_table, write_storage_report
 from vdr.embedding_cache import EmbeddingCache, model_fingerprint
-from vdr.errors import VdrError, run_cli
+from vdr.errors import VdrError, configure_logging, run_cli
 from vdr.evaluation import has_graded_relevance
 from vdr.model import resolve_model_path
 from vdr.model_comparison import (
@@ -257,6 +257,5 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()
     cli()

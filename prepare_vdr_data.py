@@ -35,7 +35,7 @@ from typing import Any
 from vdr.config import ConfigParser, ModelArguments, ModelLoadingArguments
 from vdr.dataset_checks import build_report, format_report, validate_dataset
 from vdr.documents import PageRecord, RenderSettings, read_jsonl, read_pages, render_documents, write_jsonl
-from vdr.errors import VdrError, run_cli
+from vdr.errors import VdrError, configure_logging, run_cli
 from vdr.prepare import (
     MINING_STATS_FILE,
     QUERIES_FILE,
@@ -213,6 +213,5 @@ def validate(dataset: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()
     run_cli(lambda: main(*make_parser().parse(sys.argv[1:])))

@@ -27,7 +27,7 @@ from transformers import set_seed
 
 from vdr.config import ConfigParser, DataArguments, EvaluationArguments
 from vdr.data import load_training_data
-from vdr.errors import run_cli
+from vdr.errors import configure_logging, run_cli
 from vdr.reranker import (
     RerankerLossArguments,
     RerankerModelArguments,
@@ -122,6 +122,5 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()
     cli()

@@ -46,7 +46,7 @@ from vdr.config import (
 )
 from vdr.data import load_training_data
 from vdr.distributed import on_main_process, whole_trained_model
-from vdr.errors import run_cli
+from vdr.errors import configure_logging, run_cli
 from vdr.evaluation import build_training_evaluation, evaluate_dims, format_dims_table
 from vdr.lora import LoraArguments, add_lora_adapter, save_final
 from vdr.loss import build_loss
@@ -185,6 +185,5 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()
     cli()

@@ -1,4 +1,5 @@
-"""User-facing errors and the wrapper that turns them into a one-paragraph message and an exit code."""
+"""User-facing errors, the wrapper that turns them into a one-paragraph message and an exit code, and the scripts'
+logging set-up."""
 
 from __future__ import annotations
 
@@ -44,3 +45,9 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C).", file=sys.stderr)
         sys.exit(Interrupted.exit_code)
+
+
+def configure_logging() -> None:
+    """The scripts' log format: time, logger, message; the Hub client's per-request lines kept quiet."""
+    logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
