@@ -55,10 +55,10 @@ from sentence_transformers import (  # noqa: E402
 )
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler  # noqa: E402
 
-from vdr.config import DataArguments, LossArguments, ModelArguments  # noqa: E402
+from vdr.config import DEFAULT_MATRYOSHKA_DIMS, DataArguments, LossArguments, ModelArguments  # noqa: E402
 from vdr.data import load_training_data  # noqa: E402
 from vdr.loss import build_loss  # noqa: E402
-from vdr.model import build_model  # noqa: E402
+from vdr.model import build_model, embedding_dimension  # noqa: E402
 from vdr.pages import generate_rows  # noqa: E402
 from vdr.tiny_model import TINY_MODEL_ID  # noqa: E402
 from vdr.train_pages import image_columns, presize_page_columns, replace_column  # noqa: E402
@@ -266,11 +266,11 @@ def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
 
 def matryoshka_dims(dimension: int) -> list[int]:
     """The recipe's dims that the model can produce (all of them for a 2B model; its full dim for the tiny one)."""
-    return [d for d in (2048, 1536, 1024, 512, 256, 128, 64) if d <= dimension] or [dimension]
+    return [dim for dim in DEFAULT_MATRYOSHKA_DIMS if dim <= dimension] or [dimension]
 
 
 def recipe_loss(model: SentenceTransformer, mini_batch_size: int) -> torch.nn.Module:
-    dims = matryoshka_dims(model.get_embedding_dimension())
+    dims = matryoshka_dims(embedding_dimension(model))
     return build_loss(model, LossArguments(matryoshka_dims=dims, mini_batch_size=mini_batch_size))
 
 
@@ -368,7 +368,7 @@ def end_to_end(args: argparse.Namespace, work: Path) -> None:
     jsonl = write_page_files(work / "e2e", args.e2e_rows, args.format, seed=1)
     cache = work / "e2e-cache"
     on_gpu = torch.cuda.is_available()
-    dims = [str(d) for d in matryoshka_dims(embedding_dimension(args.model))]
+    dims = [str(d) for d in matryoshka_dims(hidden_size(args.model))]
     common = [
         sys.executable, str(REPO_ROOT / "train_vdr.py"),
         "--model_name_or_path", args.model, "--torch_dtype", args.torch_dtype or "float32",
@@ -409,8 +409,8 @@ def end_to_end(args: argparse.Namespace, work: Path) -> None:
                 results))  # fmt: skip
 
 
-def embedding_dimension(model: str) -> int:
-    """The model's hidden size from its config, without loading its weights."""
+def hidden_size(model: str) -> int:
+    """The model's hidden size (its embedding dimension) from its config, without loading its weights."""
     from transformers import AutoConfig
 
     from vdr.tiny_model import ensure_tiny_qwen3_vl
