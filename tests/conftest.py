@@ -57,3 +57,24 @@ def embedding_quickstart(tmp_path_factory: pytest.TempPathFactory, vdr_cache: Pa
     output_dir = tmp_path_factory.mktemp("quickstart") / "run"
     argv = ["--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(output_dir)]
     return output_dir, main(*make_parser().parse([*argv, "--truncate_dim", "32"]))
+
+
+def make_it_look_interrupted(output_dir: Path, last_checkpoint: str) -> None:
+    """A finished run made to look killed before ``last_checkpoint``: that checkpoint, the final model and
+    metrics.json never got written."""
+    for name in (last_checkpoint, "final"):
+        shutil.rmtree(output_dir / name)
+    (output_dir / "metrics.json").unlink()
+
+
+@pytest.fixture()
+def training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gains an entry for every training step the trainer runs from now on in this test."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    steps: list[int] = []
+    original = SentenceTransformerTrainer.training_step
+    monkeypatch.setattr(
+        SentenceTransformerTrainer, "training_step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k)
+    )
+    return steps

@@ -19,7 +19,7 @@ from vdr.errors import VdrError
 from vdr.lora import LANGUAGE_MODEL_TARGETS, VISION_TARGETS, LoraArguments, save_final
 from vdr.model import build_model
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, make_it_look_interrupted
 
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
 # A short LoRA run: 2 steps of 4 rows, a checkpoint after each, no evaluation during training, a few eval pages
@@ -102,19 +102,11 @@ def test_an_adapter_only_models_cache_key_covers_its_base_model(adapter_run, tin
     assert model_fingerprint(str(adapter)) != before  # same adapter files, another base model
 
 
-def test_a_lora_run_resumes_from_its_checkpoint(adapter_run, tmp_path, monkeypatch):
+def test_a_lora_run_resumes_from_its_checkpoint(adapter_run, tmp_path, training_steps):
     output_dir = Path(shutil.copytree(adapter_run["output_dir"], tmp_path / "run"))
-    # Make it look interrupted after step 1
-    for name in ("checkpoint-2", "final"):
-        shutil.rmtree(output_dir / name)
-    (output_dir / "metrics.json").unlink()
-    steps = []
-    original = SentenceTransformerTrainer.training_step
-    monkeypatch.setattr(
-        SentenceTransformerTrainer, "training_step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k)
-    )
+    make_it_look_interrupted(output_dir, "checkpoint-2")  # after step 1
     run(output_dir, "--resume_from_checkpoint", "last")  # the final model is merged this time (the default)
-    assert len(steps) == 1  # step 2 only
+    assert len(training_steps) == 1  # step 2 only
     # resuming restored the adapter (and optimizer, data order): step 2 ends where the uninterrupted run's did
     uninterrupted = load_file(str(adapter_run["output_dir"] / "checkpoint-2" / "adapter_model.safetensors"))
     resumed = load_file(str(output_dir / "checkpoint-2" / "adapter_model.safetensors"))

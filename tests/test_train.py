@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+from sentence_transformers import SentenceTransformer
 
 from train_vdr import main, make_parser
 from vdr.config import DataArguments
@@ -17,7 +16,7 @@ from vdr.data import load_training_data, retrieval_from_rows
 from vdr.errors import VdrError
 from vdr.evaluation import build_ir_evaluator
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, make_it_look_interrupted
 
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
 # Measured on the 2-core CPU dev machine: NDCG@10 0.021 (base) -> 0.344 (trained) at dim 64. The
@@ -106,24 +105,17 @@ def test_a_new_run_never_overwrites_an_earlier_one(trained):
     assert sorted(p.name for p in output_dir.iterdir()) == before
 
 
-def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, vdr_cache):
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, training_steps, vdr_cache):
     output_dir = tmp_path / "run"
     # a short run: 8 steps, checkpoints at 4 and 8, no evaluation during training
     short = ("--max_steps", "8", "--save_steps", "4", "--save_total_limit", "2", "--eval_strategy", "no",
              "--evaluate_base_model", "false")  # fmt: skip
     run_quickstart(output_dir, *short)
-    # Make it look interrupted after step 4: the later checkpoint, the final model and metrics never got written.
-    for name in ("checkpoint-8", "final"):
-        shutil.rmtree(output_dir / name)
-    (output_dir / "metrics.json").unlink()
+    make_it_look_interrupted(output_dir, "checkpoint-8")  # after step 4
 
-    steps = []
-    original = SentenceTransformerTrainer.training_step
-    monkeypatch.setattr(
-        SentenceTransformerTrainer, "training_step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k)
-    )
+    training_steps.clear()
     metrics = run_quickstart(output_dir, *short, "--resume_from_checkpoint", "last")
-    assert len(steps) == 4  # steps 5..8 only: it carried on, it did not start over
+    assert len(training_steps) == 4  # steps 5..8 only: it carried on, it did not start over
     state = json.loads((output_dir / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
     assert metrics["final_ndcg@10"] is not None and (output_dir / "final" / "model.safetensors").exists()
