@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +139,6 @@ class Setup:
     loss: object
     batch_size: int
     output_dir: str
-    device_note: str = field(default="")
 
 
 def make_trainer(setup: Setup, dataset: Dataset, sampler: str, workers: int) -> SentenceTransformerTrainer:
