@@ -26,6 +26,7 @@ from vdr.errors import VdrError
 from vdr.evaluation import encode_full_dim, score_dims
 from vdr.model import build_model, check_dims, embedding_dimension
 from vdr.preprocessing import EncodingStats, ResizedPageCache, page_resizer, pixel_count
+from vdr.scoring import result_record
 from vdr.tiny_model import TINY_MODEL_ID
 from vdr.training import FINAL_MODEL_DIR, METRICS_FILE, TRAINING_INFO_FILE
 
@@ -245,19 +246,8 @@ def score_model(
         embeddings = embed_dataset(model, name, data, setup, model_key)
         if on_embeddings is not None:
             on_embeddings(name, data, embeddings)
-        relevant = data.relevant_docs()
-        num_queries = sum(1 for qid in data.queries if relevant.get(qid))  # the queries the metrics average over
         for dim, metrics in score_dims(model, embeddings.queries, embeddings.corpus, data, dims).items():
-            records.append(
-                {
-                    "model": model_name,
-                    "dataset": name,
-                    "dim": dim,
-                    "num_queries": num_queries,
-                    "num_documents": len(data.corpus),
-                    "metrics": metrics,
-                }
-            )
+            records.append(result_record(model_name, name, dim, data, metrics))
         stats[name] = {**embeddings.stats.as_dict(), "seconds": time.perf_counter() - start}
     return records, stats
 

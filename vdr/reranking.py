@@ -30,6 +30,7 @@ from vdr.model import resolve_model_path
 from vdr.model_comparison import EncodingSetup, ModelCandidate, ModelEmbeddings, expand_models
 from vdr.preprocessing import EncodingStats, ResizedPageCache, page_resizer
 from vdr.reranker import RerankerModelArguments, build_reranker
+from vdr.scoring import result_record
 
 logger = logging.getLogger(__name__)
 
@@ -269,22 +270,11 @@ def _rerank_dataset(
         + (f" = {throughput:.1f} pairs/s" if throughput else "")
         + f"; {len(wanted) - len(todo)} from the cache"
     )
-    relevant = data.relevant_docs()
-    num_queries = sum(1 for qid in data.queries if relevant.get(qid))  # the queries the metrics average over
     for model, candidates in shortlists.items():
         candidate_scores = torch.tensor([[known[(q, p)] for p in row] for q, row in enumerate(candidates.tolist())])
         values = reranked_metrics(first_stages[model].scores[name], candidates, candidate_scores, data)
         reranked_name = f"{model} + {candidate.name}"
-        results.records.append(
-            {
-                "model": reranked_name,
-                "dataset": name,
-                "dim": first_stages[model].dim,
-                "num_queries": num_queries,
-                "num_documents": len(data.corpus),
-                "metrics": values,
-            }
-        )
+        results.records.append(result_record(reranked_name, name, first_stages[model].dim, data, values))
         entry = results.models.setdefault(
             reranked_name,
             {"model": model, "reranker": candidate.path, "rerank_top_k": args.rerank_top_k, "fingerprint": fingerprint,

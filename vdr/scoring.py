@@ -53,7 +53,7 @@ def _renamed_in_random_order(data: RetrievalData) -> RetrievalData:
 
 
 def num_scored_queries(data: RetrievalData) -> int:
-    """The queries the metrics average over: those with a relevant page (as ``model_comparison.score_model``)."""
+    """The queries the metrics average over: those with a relevant page (every result record counts them so)."""
     relevant = data.relevant_docs()
     return sum(1 for qid in data.queries if relevant.get(qid))
 
