@@ -183,6 +183,7 @@ def score_candidate(
     if other is not None:
         return other
     model = load_for_evaluation(candidate, loading)
+    on_embeddings = None  # holds the model too (as its default argument): freed with it below
     try:
         dims = evaluation_dims(model, args.truncate_dims, shared_dims)
         # Hashing the model files takes seconds for a 2B model: only the cache needs it.
@@ -200,7 +201,7 @@ def score_candidate(
 
         records, stats = score_model(model, candidate.name, datasets, dims, setup, model_key, on_embeddings)
     finally:
-        del model  # free it before the next model loads
+        del model, on_embeddings  # free it before the next model loads
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

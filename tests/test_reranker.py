@@ -287,3 +287,33 @@ def test_without_the_cache_the_model_encodes_each_page_once_and_is_still_reranke
     pages = result["records"][0]["num_documents"]
     assert result["models"]["tiny-qwen3-vl"]["stats"]["pages"]["page_encodings"] == pages  # kept, not re-encoded
     assert result["models"]["tiny-qwen3-vl + tiny-qwen3-vl"]["stats"]["pages"]["pairs_scored"] == 6 * 3
+
+
+def test_each_model_is_freed_before_the_next_one_loads(tmp_path, monkeypatch, vdr_cache):
+    # With a reranker, the model's scores are kept for reranking: the model itself must not be (GPU memory)
+    import gc
+    import weakref
+    from types import SimpleNamespace
+
+    import evaluate_vdr
+
+    loaded, alive_after_collect = [], []
+    original_load = evaluate_vdr.load_for_evaluation
+
+    def load(*args, **kwargs):
+        model = original_load(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model
+
+    def collect() -> int:
+        freed = gc.collect()
+        alive_after_collect.append(loaded[-1]() is not None)
+        return freed
+
+    monkeypatch.setattr(evaluate_vdr, "load_for_evaluation", load)
+    monkeypatch.setattr(evaluate_vdr, "gc", SimpleNamespace(collect=collect))
+    argv = ["--model", TINY, "--reranker", TINY, "--rerank_top_k", "2", "--dataset", "generated:pages",
+            "--max_pixels", str(MAX_PIXELS), "--num_generated_rows", "4", "--no_cache", "true",
+            "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    evaluate_main(*evaluate_parser().parse(argv))
+    assert alive_after_collect == [False]
