@@ -221,15 +221,22 @@ class EvaluationArguments:
 def check_training_run(
     model: ModelArguments, data: DataArguments, loss: LossArguments, training: Any
 ) -> None:
-    """Checks that span argument groups, run before anything loads (a mistake must not cost a model load)."""
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        if getattr(training, name) < 1:
-            raise VdrError(f"--{name} must be 1 or more, got {getattr(training, name)}.")
+    """An embedding run's checks that span argument groups, run before anything loads (a mistake must not cost a
+    model load): the checks every training script shares, then the saved model's default dimension."""
+    check_run_arguments(data, training)
     if model.truncate_dim is not None and model.truncate_dim not in loss.matryoshka_dims:
         raise VdrError(
             f"--truncate_dim {model.truncate_dim} is not one of the trained matryoshka_dims {loss.matryoshka_dims}: "
             "the saved model would default to a dimension it was not trained at. Pick one of those dims."
         )
+
+
+def check_run_arguments(data: DataArguments, training: Any) -> None:
+    """Checks every training script (embedder, multi-vector, reranker) runs before anything loads: batch sizes,
+    evaluation data for an evaluation strategy, the output folder, and a repository name for a push."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training, name) < 1:
+            raise VdrError(f"--{name} must be 1 or more, got {getattr(training, name)}.")
     eval_strategy = getattr(training.eval_strategy, "value", training.eval_strategy)
     if eval_strategy != "no" and not (data.eval_dataset or data.eval_split_size):
         raise VdrError(

@@ -26,7 +26,7 @@ from sentence_transformers.cross_encoder.modules import LogitScore
 from sentence_transformers.util.file_io import load_file_path
 from torch import nn
 
-from vdr.config import DataArguments, ModelArguments, check_training_run
+from vdr.config import DataArguments, check_run_arguments
 from vdr.data import RetrievalData, negative_columns_of, retrieval_from_rows
 from vdr.errors import VdrError
 from vdr.evaluation import presize_corpus
@@ -124,18 +124,12 @@ class RerankerLossArguments:
 
 def check_reranker_run(data: DataArguments, loss: RerankerLossArguments, training: Any) -> None:
     """Checks run before anything loads: the training checks shared with train_vdr.py, and the loss's columns."""
-    # The embedding-only check (truncate_dim against matryoshka_dims) does not apply: defaults pass it.
-    check_training_run(ModelArguments(), data, _NoMatryoshka(), training)
+    check_run_arguments(data, training)
     if loss.loss in ("bce", "lambda") and not data.negative_columns:
         raise VdrError(
             f"--loss {loss.loss} learns from hard negatives, but --negative_columns is empty. Give at least one "
             "negative column, or use --loss cmnrl (in-batch negatives)."
         )
-
-
-@dataclass
-class _NoMatryoshka:
-    matryoshka_dims: tuple = ()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
