@@ -209,13 +209,14 @@ def _load_file(
     optional_images: bool,
     query_column: str | None,
 ) -> Dataset:
-    if builder == "json" and not _nonblank_line_numbers(file):
+    lines = _nonblank_line_numbers(file) if builder == "json" else None
+    if lines == []:
         raise VdrError(f"Data file '{file}' is empty: it holds no rows. Add rows or remove the file.")
     try:
         dataset = load_dataset(builder, data_files=[file], split="train")
     except Exception as error:  # arrow / json parse errors surface as many exception types
         raise VdrError(f"Cannot read data file '{file}' as {builder}: {type(error).__name__}: {error}") from None
-    row_names = _row_names(builder, file, len(dataset))
+    row_names = _row_names(lines, len(dataset))
     if query_column and query_column in dataset.column_names:
         check_queries(dataset[query_column], query_column, file, row_names)
     if optional_images:
@@ -231,13 +232,11 @@ def _nonblank_line_numbers(file: str) -> list[int]:
         return [number for number, line in enumerate(handle, start=1) if line.strip()]
 
 
-def _row_names(builder: str, file: str, num_rows: int) -> list[str]:
-    """How to name each row in an error: its line for a JSON-lines file (one row per non-blank line), else its
-    0-based row index."""
-    if builder == "json":
-        lines = _nonblank_line_numbers(file)
-        if len(lines) == num_rows:
-            return [f"line {number}" for number in lines]
+def _row_names(lines: list[int] | None, num_rows: int) -> list[str]:
+    """How to name each row in an error: its line for a JSON-lines file (``lines``: its non-blank lines, one row
+    each), else its 0-based row index."""
+    if lines is not None and len(lines) == num_rows:
+        return [f"line {number}" for number in lines]
     return [f"row {index}" for index in range(num_rows)]
 
 
