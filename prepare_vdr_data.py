@@ -123,12 +123,12 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
     if "negatives" in args.steps:
         queries, split = read_queries(output_dir), read_split(output_dir)
         mining = MiningStats()
+        cache_folder = mining_cache_folder(output_dir, model_args) if args.num_negatives else None
         for name in ("train", "eval"):
             documents = set(split[name])
             rows = [q for q in queries if q["document"] in documents]
             if args.num_negatives:
                 side_pages = [p for p in pages if p.document in documents]
-                cache_folder = mining_cache_folder(output_dir, model_args)
                 rows = mine_negatives(rows, side_pages, embedding_model(), args, output_dir, cache_folder, mining)
             if rows:
                 write_rows(output_dir / f"{name}.jsonl", rows, output_dir)
