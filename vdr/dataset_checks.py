@@ -15,11 +15,11 @@ from typing import Any
 
 from PIL import Image
 
+from vdr.data import BEIR_PARTS
 from vdr.documents import PageRecord
 from vdr.errors import VdrError
 
 ROW_FILES = ("train.jsonl", "eval.jsonl")
-BEIR_PARTS = ("corpus", "queries", "qrels")
 
 
 # Report --------------------------------------------------------------------------------------------------------
