@@ -367,3 +367,11 @@ def test_models_built_here_never_ask_the_hub_for_their_dims(monkeypatch):
     for model_id in ("bm25", "generated:tiny-qwen3-vl", "someone/some-model"):
         assert model_comparison.known_matryoshka_dims(model_id) is None
     assert asked == ["someone/some-model"]
+
+
+def test_presizing_keeps_everything_but_the_pages(generated_rows, vdr_cache):
+    model = build_model(ModelArguments(model_name_or_path="generated:tiny-qwen3-vl", max_pixels=36864))
+    data = RetrievalData({"q": "a query"}, {"p": generated_rows[0]["image"]}, {"q": {"p": 1}}, {"p": "page text"})
+    presized = presize_corpus(model, data)
+    assert (presized.queries, presized.qrels, presized.texts) == (data.queries, data.qrels, data.texts)
+    assert presized.corpus["p"].size != data.corpus["p"].size  # resized to the pixel budget

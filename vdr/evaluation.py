@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import fmean
 from typing import Any
 
@@ -106,7 +106,7 @@ def presize_corpus(model: SentenceTransformer, data: RetrievalData) -> Retrieval
     (benchmarks/bench_evaluate.py)."""
     _, resize = page_resizer(model)
     pages = tqdm(data.corpus.values(), total=len(data.corpus), desc="Resizing pages", unit="page")
-    return RetrievalData(data.queries, dict(zip(data.corpus, map(resize, pages))), data.qrels)
+    return replace(data, corpus=dict(zip(data.corpus, map(resize, pages))))  # queries, qrels and page texts kept
 
 
 def encode_full_dim(
