@@ -363,7 +363,7 @@ def test_models_built_here_never_ask_the_hub_for_their_dims(monkeypatch):
     import vdr.model_comparison as model_comparison
 
     asked = []
-    monkeypatch.setattr(model_comparison, "_hub_model_card", lambda model_id: asked.append(model_id))
+    monkeypatch.setattr(model_comparison, "hub_file", lambda model_id, filename: asked.append(model_id))
     for model_id in ("bm25", "generated:tiny-qwen3-vl", "someone/some-model"):
         assert model_comparison.known_matryoshka_dims(model_id) is None
     assert asked == ["someone/some-model"]

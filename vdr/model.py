@@ -66,6 +66,17 @@ def resolve_model_path(model_name_or_path: str) -> str:
     return str(Path(model_name_or_path).expanduser()) if looks_local else model_name_or_path
 
 
+def hub_file(model_id: str, filename: str) -> Path | None:
+    """One file of a Hub model (its card, its Sentence Transformers config), or None when it cannot be had:
+    offline, no such file, not a Hub id. For what only adds information (a model's dims or kind), never required."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(model_id, filename))
+    except Exception:
+        return None
+
+
 def model_kwargs(args: ModelArguments) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments: dtype and attention kernel (with the flash-attn fallback)."""
     kwargs: dict[str, Any] = {}

@@ -24,7 +24,7 @@ from vdr.data import RetrievalData
 from vdr.embedding_cache import EmbeddingCache, dataset_fingerprint
 from vdr.errors import VdrError
 from vdr.evaluation import encode_full_dim, score_dims
-from vdr.model import build_model, check_dims, embedding_dimension
+from vdr.model import build_model, check_dims, embedding_dimension, hub_file
 from vdr.preprocessing import EncodingStats, ResizedPageCache, page_resizer, pixel_count
 from vdr.scoring import result_record
 from vdr.tiny_model import TINY_MODEL_ID
@@ -116,22 +116,12 @@ def known_matryoshka_dims(model_path: str) -> list[int] | None:
             raise VdrError(f"'{info}' is not a valid training record ({error}); pass --truncate_dims.") from None
     if model_path in (TINY_MODEL_ID, BM25_MODEL_ID):  # built here: no folder, and no Hub card to ask for
         return None
-    card = folder / "README.md" if folder.is_dir() else _hub_model_card(model_path)
+    card = folder / "README.md" if folder.is_dir() else hub_file(model_path, "README.md")
     if card is not None and card.is_file():
         match = re.search(r'"matryoshka_dims":\s*\[([\d,\s]+)\]', card.read_text(errors="ignore"))
         if match:
             return [int(dim) for dim in match.group(1).split(",")]
     return None
-
-
-def _hub_model_card(model_id: str) -> Path | None:
-    """A Hub model's card (its README), whose training details list the Matryoshka dims; None when offline."""
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(model_id, "README.md"))
-    except Exception:
-        return None
 
 
 def shared_default_dims(candidates: Sequence[ModelCandidate]) -> set[int]:

@@ -33,7 +33,7 @@ from vdr.config import LossArguments, ModelLoadingArguments
 from vdr.data import RetrievalData
 from vdr.embedding_cache import EmbeddingCache
 from vdr.errors import VdrError
-from vdr.model import model_kwargs, processor_kwargs, resolve_model_path, set_prompts
+from vdr.model import hub_file, model_kwargs, processor_kwargs, resolve_model_path, set_prompts
 from vdr.model_comparison import EncodingSetup
 from vdr.preprocessing import EncodingStats, ResizedPageCache, page_resizer, pixel_count
 from vdr.scoring import MULTI_VECTOR, metrics_from_scores, result_record
@@ -49,22 +49,14 @@ TOKEN_PRECISIONS = {"float32": 4, "float16": 2}
 def is_multi_vector_model(model_path: str) -> bool:
     """Whether a model folder (or Hub id) holds a saved ``MultiVectorEncoder``."""
     folder = Path(model_path).expanduser()
-    config = folder / "config_sentence_transformers.json" if folder.is_dir() else _hub_file(model_path)
+    name = "config_sentence_transformers.json"
+    config = folder / name if folder.is_dir() else hub_file(model_path, name)
     if config is None or not config.is_file():
         return False
     try:
         return json.loads(config.read_text()).get("model_type") == SAVED_MODEL_TYPE
     except (ValueError, AttributeError):
         return False
-
-
-def _hub_file(model_id: str) -> Path | None:
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(model_id, "config_sentence_transformers.json"))
-    except Exception:  # offline, no such file, not a Hub id: not a multi-vector model we can tell about
-        return None
 
 
 def build_multi_vector_model(
