@@ -78,7 +78,7 @@ def resolve_resume_checkpoint(args: SentenceTransformerTrainingArguments) -> str
     if not requested:
         return None
     if requested in RESUME_LAST:
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        last = last_checkpoint(args.output_dir)
         if last is None:
             raise VdrError(
                 f"--resume_from_checkpoint {requested}: '{args.output_dir}' holds no checkpoint-* folder to resume "
@@ -138,6 +138,11 @@ def set_training_prompts(
     args.prompts = prompts or None
 
 
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The output folder's latest checkpoint-* folder, or None (also when the folder does not exist yet)."""
+    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
 def train(trainer: Any, resume_checkpoint: str | None, argv: list[str]) -> None:
     """``trainer.train``, with Ctrl-C turned into a clean stop that names the checkpoint to resume from and the
     exact command (checkpoints already written are kept as they are)."""
@@ -145,7 +150,7 @@ def train(trainer: Any, resume_checkpoint: str | None, argv: list[str]) -> None:
         trainer.train(resume_from_checkpoint=resume_checkpoint)
     except KeyboardInterrupt:
         output_dir = trainer.args.output_dir
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        last = last_checkpoint(output_dir)
         if last is None:
             raise Interrupted(
                 f"Training was interrupted before its first checkpoint; '{output_dir}' holds nothing to resume."
