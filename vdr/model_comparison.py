@@ -200,23 +200,46 @@ def encode_pages(
     stats: EncodingStats,
     show_progress_bar: bool = True,
 ) -> torch.Tensor:
-    """Encode pages at full dimension, largest first (batches pad little). Pages are decoded and resized one batch
-    at a time, so full-size pages are never all in memory at once."""
+    """Encode pages at full dimension (see ``encode_pages_largest_first``)."""
+
+    def encode(batch: list[Any]) -> torch.Tensor:
+        return encode_full_dim(model, batch, "document", batch_size, show_progress_bar=False)
+
+    vectors = encode_pages_largest_first(
+        model, pages, batch_size, page_cache, dataset_name, stats, encode, "Encoding pages", show_progress_bar
+    )
+    return torch.stack(vectors)
+
+
+def encode_pages_largest_first(
+    model: Any,
+    pages: Sequence[Any],
+    batch_size: int,
+    page_cache: ResizedPageCache,
+    dataset_name: str,
+    stats: EncodingStats,
+    encode: Callable[[list[Any]], Sequence[torch.Tensor]],
+    description: str,
+    show_progress_bar: bool = True,
+) -> list[torch.Tensor]:
+    """``encode`` (a batch of resized pages -> one tensor per page) over every page, largest first (batches pad
+    little), in the pages' order. Pages are decoded and resized one batch at a time (or taken from the resized
+    pages another model left in ``page_cache``), so full-size pages are never all in memory at once."""
     key, resize = page_resizer(model)
     order = sorted(range(len(pages)), key=lambda i: -pixel_count(pages[i]))
-    embeddings: list[torch.Tensor | None] = [None] * len(pages)
-    with tqdm(total=len(pages), desc="Encoding pages", unit="page", disable=not show_progress_bar) as progress:
+    encoded_pages: list[torch.Tensor | None] = [None] * len(pages)
+    with tqdm(total=len(pages), desc=description, unit="page", disable=not show_progress_bar) as progress:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = [page_cache.resized((dataset_name, *key, i), pages[i], resize, stats) for i in indices]
             started = time.perf_counter()
-            encoded = encode_full_dim(model, batch, "document", batch_size, show_progress_bar=False)
+            encoded = encode(batch)
             stats.encode_seconds += time.perf_counter() - started
             stats.page_encodings += len(batch)
-            for index, vector in zip(indices, encoded):
-                embeddings[index] = vector
+            for index, tensor in zip(indices, encoded):
+                encoded_pages[index] = tensor
             progress.update(len(batch))
-    return torch.stack(embeddings)
+    return encoded_pages
 
 
 def score_model(

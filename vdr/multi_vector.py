@@ -27,15 +27,14 @@ from sentence_transformers.multi_vector_encoder.evaluation import MultiVectorInf
 from sentence_transformers.multi_vector_encoder.losses import CachedMultiVectorMultipleNegativesRankingLoss
 from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
 from sentence_transformers.util.similarity import maxsim
-from tqdm.auto import tqdm
 
 from vdr.config import LossArguments, ModelLoadingArguments
 from vdr.data import RetrievalData
 from vdr.embedding_cache import EmbeddingCache
 from vdr.errors import VdrError
 from vdr.model import hub_file, model_kwargs, processor_kwargs, resolve_model_path, set_prompts
-from vdr.model_comparison import EncodingSetup
-from vdr.preprocessing import EncodingStats, ResizedPageCache, page_resizer, pixel_count
+from vdr.model_comparison import EncodingSetup, encode_pages_largest_first
+from vdr.preprocessing import EncodingStats, ResizedPageCache
 from vdr.scoring import MULTI_VECTOR, metrics_from_scores, result_record
 
 logger = logging.getLogger(__name__)
@@ -184,23 +183,15 @@ def encode_page_tokens(
     dataset_name: str,
     stats: EncodingStats,
 ) -> list[torch.Tensor]:
-    """Pages to token matrices, largest first, as ``model_comparison.encode_pages``: each batch decoded and
-    resized (or taken from the resized pages another model left) just before it is encoded."""
-    key, resize = page_resizer(model)
-    order = sorted(range(len(pages)), key=lambda i: -pixel_count(pages[i]))
-    matrices: list[torch.Tensor | None] = [None] * len(pages)
-    with tqdm(total=len(pages), desc="Encoding pages (multi-vector)", unit="page") as progress:
-        for begin in range(0, len(order), batch_size):
-            indices = order[begin : begin + batch_size]
-            batch = [page_cache.resized((dataset_name, *key, i), pages[i], resize, stats) for i in indices]
-            start = time.perf_counter()
-            encoded = model.encode_document(batch, batch_size=batch_size, show_progress_bar=False)
-            stats.encode_seconds += time.perf_counter() - start
-            stats.page_encodings += len(batch)
-            for index, matrix in zip(indices, encoded):
-                matrices[index] = matrix.float().cpu()
-            progress.update(len(batch))
-    return matrices
+    """Pages to token matrices (float32, CPU), largest first, as ``model_comparison.encode_pages``."""
+
+    def encode(batch: list[Any]) -> list[torch.Tensor]:
+        matrices = model.encode_document(batch, batch_size=batch_size, show_progress_bar=False)
+        return [matrix.float().cpu() for matrix in matrices]
+
+    return encode_pages_largest_first(
+        model, pages, batch_size, page_cache, dataset_name, stats, encode, "Encoding pages (multi-vector)"
+    )
 
 
 def embed_tokens(
