@@ -45,7 +45,7 @@ from vdr.config import (
     check_training_run,
 )
 from vdr.data import load_training_data
-from vdr.distributed import on_main_process, whole_trained_model
+from vdr.distributed import whole_trained_model
 from vdr.errors import configure_logging, run_cli
 from vdr.evaluation import build_training_evaluation, evaluate_dims, format_dims_table
 from vdr.lora import LoraArguments, add_lora_adapter, save_final
@@ -58,6 +58,7 @@ from vdr.training import (
     check_enough_rows,
     finish_run,
     resolved_settings,
+    score_base_model,
     set_training_prompts,
     start_run,
     train,
@@ -138,9 +139,7 @@ def main(
             score_base = partial(
                 evaluate_dims, model, evaluation.data, loss_args.matryoshka_dims, eval_args.evaluator_batch_size
             )
-            base_scores = on_main_process(training_args, score_base) or {}
-            if base_scores:
-                logger.info("Base model:\n%s", format_dims_table({"base": base_scores}))
+            base_scores = score_base_model(training_args, score_base)
 
     # 6. Trainer, on pages resized once to the model's pixel budget (cached on disk; bit-identical pixel values)
     if data_args.presize_pages:

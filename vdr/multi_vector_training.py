@@ -32,7 +32,6 @@ from vdr.config import (
     check_training_run,
 )
 from vdr.data import load_training_data
-from vdr.distributed import on_main_process
 from vdr.errors import VdrError
 from vdr.evaluation import build_training_evaluation, format_dims_table
 from vdr.multi_vector import (
@@ -49,6 +48,7 @@ from vdr.training import (
     finish_run,
     resolved_settings,
     save_to_final_dir,
+    score_base_model,
     set_training_prompts,
     start_run,
     train,
@@ -127,9 +127,7 @@ def train_multi_vector(
         evaluator = build_multi_vector_evaluator(evaluation.data, eval_args.eval_name, eval_args.evaluator_batch_size)
         if eval_args.evaluate_base_model:  # on the main process; the others wait
             score_base = partial(evaluate_multi_vector, model, evaluation.data, eval_args.evaluator_batch_size)
-            base_scores = on_main_process(training_args, score_base) or {}
-            if base_scores:
-                logger.info("Base model:\n%s", format_dims_table({"base": base_scores}))
+            base_scores = score_base_model(training_args, score_base)
 
     # 6. Trainer. No eval_dataset, as in the library's example: the retrieval evaluator is the signal, and an eval
     # loss would collate every page column of every eval row at each evaluation. Pages resized once, as train_vdr.py.

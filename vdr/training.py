@@ -18,6 +18,7 @@ from vdr.config import DataArguments
 from vdr.data import negative_columns_of
 from vdr.distributed import on_main_process
 from vdr.errors import Interrupted, PushFailed, VdrError
+from vdr.evaluation import format_dims_table
 from vdr.provenance import redact_command, snapshot_arguments, write_run_config
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,14 @@ def set_training_prompts(
     args.prompts = prompts or None
 
 
+
+
+def score_base_model(training_args: Any, score: Callable[[], dict]) -> dict:
+    """The base model's scores (``score()``), computed on the main process while the others wait, and logged."""
+    scores = on_main_process(training_args, score) or {}
+    if scores:
+        logger.info("Base model:\n%s", format_dims_table({"base": scores}))
+    return scores
 
 def last_checkpoint(output_dir: str) -> str | None:
     """The output folder's latest checkpoint-* folder, or None (also when the folder does not exist yet)."""
