@@ -42,28 +42,40 @@ from typing import Any
 
 import torch
 
-from vdr.cache import default_cache_dir
-from vdr.config import ConfigParser, EvaluateArguments, ModelLoadingArguments
-from vdr.data import DatasetSpec, RetrievalData, load_retrieval_data
-from vdr.deployment import StorageReport, score_other_kinds, storage_table, write_storage_report
-from vdr.embedding_cache import EmbeddingCache, model_fingerprint
-from vdr.errors import VdrError, configure_logging, run_cli
-from vdr.evaluation import has_graded_relevance
-from vdr.model import resolve_model_path
-from vdr.model_comparison import (
-    EncodingSetup,
+from vdr.cache import TensorCache, default_cache_dir
+from vdr.cli import ConfigParser, configure_logging, run_cli
+from vdr.data.retrieval_sets import RetrievalData, load_retrieval_data
+from vdr.data.sources import DatasetSpec
+from vdr.errors import VdrError
+from vdr.evaluation.arguments import EvaluateArguments, RerankArguments
+from vdr.evaluation.bm25 import score_bm25
+from vdr.evaluation.encoding import EncodingSetup, ResizedPageCache
+from vdr.evaluation.maxsim import score_multi_vector_model
+from vdr.evaluation.metrics import ModelScores, has_graded_relevance
+from vdr.evaluation.model_list import (
+    MULTI_VECTOR,
+    TEXT,
     ModelCandidate,
     evaluation_dims,
     expand_models,
-    load_for_evaluation,
+    model_kind,
     read_training_metrics,
-    score_model,
     shared_default_dims,
 )
-from vdr.preprocessing import ResizedPageCache
+from vdr.evaluation.report import (
+    markdown_table,
+    plot_ndcg_by_dim,
+    plot_ndcg_by_model,
+    plot_training_metrics,
+    write_results,
+)
+from vdr.evaluation.retrieve_then_rerank import rerank_models
+from vdr.evaluation.single_vector import score_single_vector_model
+from vdr.evaluation.storage_report import storage_table, write_storage_report
+from vdr.models.embedder import build_model
+from vdr.models.loading import ModelLoadingArguments
+from vdr.models.multi_vector import build_multi_vector_model, keep_only_image_tokens
 from vdr.provenance import library_versions
-from vdr.reporting import markdown_table, plot_ndcg_by_dim, plot_ndcg_by_model, plot_training_metrics, write_results
-from vdr.reranking import FirstStage, RerankArguments, rerank_models
 
 logger = logging.getLogger("evaluate_vdr")
 
@@ -91,52 +103,81 @@ def main(
     # 2. Datasets: each loaded (and checked) once, shared by every model
     datasets = {spec.name: load_dataset(spec, args) for spec in specs}
 
-    # 3. Score each model: one encoding per dataset, every dimension from it; a failing model does not stop the rest
+    # 3. Score each model: one encoding per dataset, every dimension and precision from it; a failing model does not
+    #    stop the rest, and the results so far are written after each model
     setup = EncodingSetup(
         batch_size=args.batch_size,
         page_cache=ResizedPageCache(args.preprocess_cache_mb << 20),
-        embedding_cache=EmbeddingCache(
-            None if args.no_cache else Path(args.cache_dir or default_cache_dir() / "embeddings")
-        ),
+        cache=TensorCache(None if args.no_cache else Path(args.cache_dir or default_cache_dir() / "embeddings")),
     )
-    first_stages: dict[str, FirstStage] = {}  # what each model retrieved, for the rerankers
-    records: list[dict] = []
-    models: dict[str, dict] = {}
+    scored: dict[str, ModelScores] = {}
     errors: list[str] = []
-    report = StorageReport()  # every model x dataset x dim x precision, with bytes per page
     for number, candidate in enumerate(candidates, 1):
         logger.info("Model %d of %d: %s", number, len(candidates), candidate.name)
         try:
-            first_stage = FirstStage() if rerank.reranker else None
-            model_records, models[candidate.name] = score_candidate(
-                candidate, loading, args, shared_dims, datasets, setup, report, first_stage
+            scored[candidate.name] = score_candidate(
+                candidate, loading, args, shared_dims, datasets, setup, keep_first_stage=bool(rerank.reranker)
             )
         except (VdrError, torch.OutOfMemoryError) as error:
             hint = " Lower --batch_size or --max_pixels." if isinstance(error, torch.OutOfMemoryError) else ""
             errors.append(f"{candidate.name}: {error}{hint}")
             logger.warning("Model '%s' could not be scored (the reason is reported at the end).", candidate.name)
             continue
-        records += model_records
-        if first_stage is not None and first_stage.scores:
-            first_stages[candidate.name] = first_stage
-        write_outputs(output_dir, records, models, specs, loading, args, start, report)  # results so far are kept
+        write_outputs(output_dir, scored, {}, candidates, specs, loading, args, start)
 
-    # 3b. Retrieve-then-rerank: each reranker reorders every model's top K pages ("model + reranker" records)
+    # 4. Retrieve-then-rerank: each reranker reorders every model's top K pages ("model + reranker" records)
+    reranked = None
+    first_stages = {name: scores for name, scores in scored.items() if scores.first_stage}
     if rerank.reranker and first_stages:
         reranked = rerank_models(rerank, loading, datasets, first_stages, setup)
-        records, errors = records + reranked.records, errors + reranked.errors
-        models.update(reranked.models)
+        errors += reranked.errors
         if reranked.records:
-            write_outputs(output_dir, records, models, specs, loading, args, start, report)
+            write_outputs(output_dir, scored, reranked, candidates, specs, loading, args, start)
 
-    # 4. Plots and the summary tables
+    # 5. Plots and the summary tables
+    records = [record for scores in scored.values() for record in scores.records]
+    records += reranked.records if reranked else []
+    storage = [row for scores in scored.values() for row in scores.storage]
     write_plots(output_dir, records, candidates)
-    if report.storage:
-        print(storage_table(report.storage))
+    if storage:
+        print(storage_table(storage))
     if errors:
         num_models = len(candidates) + len(rerank.reranker)
         raise VdrError(failure_message(errors, num_models, output_dir if records else None))
-    return {"records": records, "models": models}
+    return {"records": records, "models": model_summaries(scored, reranked, candidates)}
+
+
+def score_candidate(
+    candidate: ModelCandidate,
+    loading: ModelLoadingArguments,
+    args: EvaluateArguments,
+    shared_dims: set[int],
+    datasets: dict[str, RetrievalData],
+    setup: EncodingSetup,
+    keep_first_stage: bool = False,
+) -> ModelScores:
+    """Load one model as its kind (text baseline, multi-vector or single-vector), score it on every dataset and free
+    it before the next model loads. ``keep_first_stage`` keeps a single-vector model's query x page scores for
+    retrieve-then-rerank."""
+    kind = model_kind(candidate)
+    if kind == TEXT:
+        return score_bm25(datasets)
+    if kind == MULTI_VECTOR:
+        model = build_multi_vector_model(candidate.path, loading)
+        if args.image_tokens_only:
+            keep_only_image_tokens(model)
+    else:
+        model = build_model(candidate.path, loading)
+    try:
+        if kind == MULTI_VECTOR:
+            return score_multi_vector_model(model, candidate, datasets, setup, loading, args.image_tokens_only)
+        dims = evaluation_dims(model, args.truncate_dims, shared_dims)
+        return score_single_vector_model(model, candidate, datasets, dims, setup, loading, args, keep_first_stage)
+    finally:
+        del model  # free it before the next model loads
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def check_output_dir(value: str) -> Path:
@@ -165,49 +206,6 @@ def load_dataset(spec: DatasetSpec, args: EvaluateArguments) -> RetrievalData:
     return data
 
 
-def score_candidate(
-    candidate: ModelCandidate,
-    loading: ModelLoadingArguments,
-    args: EvaluateArguments,
-    shared_dims: set[int],
-    datasets: dict[str, RetrievalData],
-    setup: EncodingSetup,
-    report: StorageReport,
-    first_stage: FirstStage | None = None,
-) -> tuple[list[dict], dict[str, Any]]:
-    """Load one model, score it on every dataset, free it: its records and what results.json says about it. The
-    BM25 text baseline and multi-vector models are scored by vdr/deployment.py; every single-vector model's storage
-    rows (each dim x precision, with bytes per page) go to ``report``, and ``first_stage``, when given, keeps its
-    query x page scores for retrieve-then-rerank."""
-    other = score_other_kinds(candidate, datasets, loading, args, setup, report)
-    if other is not None:
-        return other
-    model = load_for_evaluation(candidate, loading)
-    on_embeddings = None  # holds the model too (as its default argument): freed with it below
-    try:
-        dims = evaluation_dims(model, args.truncate_dims, shared_dims)
-        # Hashing the model files takes seconds for a 2B model: only the cache needs it.
-        cached = setup.embedding_cache.folder is not None
-        fingerprint = model_fingerprint(resolve_model_path(candidate.path), loading.revision) if cached else None
-        model_key = {"model": fingerprint, "loading": vars(loading)}
-        collect_storage = report.collector(candidate.name, dims, args)
-        if first_stage is not None:
-            first_stage.dim = max(dims)
-
-        def on_embeddings(name: str, data: RetrievalData, embeddings: Any, scorer: Any = model) -> None:
-            collect_storage(name, data, embeddings)
-            if first_stage is not None:
-                first_stage.keep(scorer, name, embeddings)
-
-        records, stats = score_model(model, candidate.name, datasets, dims, setup, model_key, on_embeddings)
-    finally:
-        del model, on_embeddings  # free it before the next model loads
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return records, {"path": candidate.path, "dims": dims, "fingerprint": fingerprint, "stats": stats}
-
-
 def write_plots(output_dir: Path, records: list[dict], candidates: list[ModelCandidate]) -> None:
     if records:
         plot_ndcg_by_dim(records, output_dir / "ndcg_by_dim.png")
@@ -227,28 +225,41 @@ def failure_message(errors: list[str], num_models: int, results_dir: Path | None
     return f"{failed} Results of the others are in {results_dir}." if results_dir else failed
 
 
+def model_summaries(
+    scored: dict[str, ModelScores], reranked: Any, candidates: list[ModelCandidate]
+) -> dict[str, dict[str, Any]]:
+    """What results.json says about each model (and each "model + reranker")."""
+    paths = {candidate.name: candidate.path for candidate in candidates}
+    summaries = {name: scores.summary(paths[name]) for name, scores in scored.items()}
+    return {**summaries, **(reranked.models if reranked else {})}
+
+
 def write_outputs(
     output_dir: Path,
-    records: list[dict],
-    models: dict[str, dict],
+    scored: dict[str, ModelScores],
+    reranked: Any,
+    candidates: list[ModelCandidate],
     specs: list[DatasetSpec],
     loading: ModelLoadingArguments,
     args: EvaluateArguments,
     start: float,
-    report: StorageReport | None = None,
 ) -> None:
-    report = report or StorageReport()
+    """results.json / .csv / .md and the storage report, from every model scored so far."""
+    records = [record for scores in scored.values() for record in scores.records]
+    records += reranked.records if reranked else []
+    storage = [row for scores in scored.values() for row in scores.storage]
+    notes = [note for scores in scored.values() for note in scores.notes]
     metadata = {
-        "models": models,
+        "models": model_summaries(scored, reranked, candidates),
         "datasets": [vars(spec) for spec in specs],
         "settings": {"loading": vars(loading), "evaluation": vars(args)},
         "versions": library_versions(),
         "wall_seconds": round(time.perf_counter() - start, 2),
-        "storage": report.storage,
-        "notes": report.notes,
+        "storage": storage,
+        "notes": notes,
     }
     write_results(output_dir, records, metadata)
-    write_storage_report(output_dir, report.storage, report.notes)  # appended to results.md
+    write_storage_report(output_dir, storage, notes)  # appended to results.md
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -27,32 +27,27 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from vdr.config import ConfigParser, ModelArguments, ModelLoadingArguments
-from vdr.dataset_checks import build_report, format_report, validate_dataset
-from vdr.documents import PageRecord, RenderSettings, read_jsonl, read_pages, render_documents, write_jsonl
-from vdr.errors import VdrError, configure_logging, run_cli
-from vdr.prepare import (
+from vdr.cli import ConfigParser, configure_logging, run_cli
+from vdr.errors import VdrError
+from vdr.models.loading import ModelLoadingArguments
+from vdr.prepare.arguments import PrepareArguments
+from vdr.prepare.checks import build_report, format_report, validate_dataset
+from vdr.prepare.documents import PageRecord, RenderSettings, read_pages, render_documents
+from vdr.prepare.negatives import MiningStats, mine_negatives, mining_cache_folder, write_rows
+from vdr.prepare.output_files import (
     MINING_STATS_FILE,
     QUERIES_FILE,
     QUERY_STATS_FILE,
-    MiningStats,
-    PrepareArguments,
-    mine_negatives,
-    mining_cache_folder,
+    read_jsonl,
     read_queries,
-    read_split,
     save_json,
-    split_documents,
-    write_beir,
-    write_rows,
-    write_split,
+    write_jsonl,
 )
-from vdr.queries import (
+from vdr.prepare.queries import (
     GenerationSettings,
     QueryStats,
     check_query_file,
@@ -62,6 +57,7 @@ from vdr.queries import (
     text_queries,
     vlm_queries,
 )
+from vdr.prepare.split import read_split, split_documents, write_eval_beir, write_split
 
 logger = logging.getLogger("prepare_vdr_data")
 
@@ -81,14 +77,13 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
         check_query_file(args.queries_file)  # before hours of rendering, not after
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_args = ModelArguments(model_name_or_path=args.model_name_or_path, **asdict(loading))
 
     @cache
     def embedding_model():  # loaded once, only by the steps that need it, exactly as train_vdr.py loads it
         # Imported here, not at the top: the spawned rendering workers re-import this script and must start fast.
-        from vdr.model import build_model
+        from vdr.models.embedder import build_model
 
-        return build_model(model_args)
+        return build_model(args.model_name_or_path, loading)
 
     # 1. Pages: rendered in a process pool, written as they come; existing pages are reused
     if "pages" in args.steps:
@@ -115,7 +110,7 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
         train_documents, eval_documents = split_documents(documents, with_queries, args.eval_fraction, args.seed)
         write_split(output_dir, train_documents, eval_documents, args.seed)
         in_eval = set(eval_documents)
-        write_beir(
+        write_eval_beir(
             output_dir, [p for p in pages if p.document in in_eval], [q for q in queries if q["document"] in in_eval]
         )
 
@@ -123,7 +118,7 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
     if "negatives" in args.steps:
         queries, split = read_queries(output_dir), read_split(output_dir)
         mining = MiningStats()
-        cache_folder = mining_cache_folder(output_dir, model_args) if args.num_negatives else None
+        cache_folder = mining_cache_folder(output_dir, args.model_name_or_path, loading) if args.num_negatives else None
         for name in ("train", "eval"):
             documents = set(split[name])
             rows = [q for q in queries if q["document"] in documents]
@@ -136,8 +131,11 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
                 logger.warning(
                     "No %s rows, so %s.jsonl is not written: its %d document(s) have no queries, or too few pages "
                     "for %d negatives per query. Hold out more documents (--eval_fraction) or lower --num_negatives.",
-                    name, name, len(documents), args.num_negatives,
-                )  # fmt: skip
+                    name,
+                    name,
+                    len(documents),
+                    args.num_negatives,
+                )
                 (output_dir / f"{name}.jsonl").unlink(missing_ok=True)
         save_json(output_dir / MINING_STATS_FILE, mining)
 
@@ -212,6 +210,12 @@ def validate(dataset: str) -> dict[str, Any]:
     return {"problems": []}
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: parse, run, and turn a user's mistake into one message and an exit code."""
+    argv = sys.argv if argv is None else argv
+    run_cli(lambda: main(*make_parser().parse(argv[1:])))
+
+
 if __name__ == "__main__":
     configure_logging()
-    run_cli(lambda: main(*make_parser().parse(sys.argv[1:])))
+    cli()

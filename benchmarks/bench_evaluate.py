@@ -39,14 +39,15 @@ from PIL import Image
 # Run as `python benchmarks/bench_evaluate.py` from a fresh clone: the project root is not on the import path then.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vdr.config import ModelArguments  # noqa: E402
-from vdr.data import RetrievalData  # noqa: E402
-from vdr.evaluation import build_ir_evaluator, encode_full_dim, presize_corpus, score_dims  # noqa: E402
-from vdr.model import build_model  # noqa: E402
-from vdr.model_comparison import encode_pages  # noqa: E402
-from vdr.pages import generate_rows  # noqa: E402
-from vdr.preprocessing import EncodingStats, ResizedPageCache, page_resizer, pixel_count  # noqa: E402
-from vdr.tiny_model import TINY_MODEL_ID  # noqa: E402
+from vdr.data.page_images import page_resizer, pixel_count  # noqa: E402
+from vdr.data.retrieval_sets import RetrievalData  # noqa: E402
+from vdr.evaluation.encoding import EncodingStats, ResizedPageCache, encode_full_dim, encode_pages  # noqa: E402
+from vdr.evaluation.metrics import score_dims  # noqa: E402
+from vdr.models.embedder import build_model  # noqa: E402
+from vdr.models.loading import ModelLoadingArguments  # noqa: E402
+from vdr.offline.generated_pages import generate_rows  # noqa: E402
+from vdr.offline.tiny_model import TINY_MODEL_ID  # noqa: E402
+from vdr.training.evaluators import build_ir_evaluator, presize_corpus  # noqa: E402
 
 A4_150_DPI = (1240, 1754)
 
@@ -185,9 +186,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = build_model(
-        ModelArguments(model_name_or_path=args.model, max_pixels=args.max_pixels, torch_dtype=args.dtype)
-    )
+    model = build_model(args.model, ModelLoadingArguments(max_pixels=args.max_pixels, torch_dtype=args.dtype))
     page_set = a4_page_set(args.num_rows, seed=11)
     num_pages, batch, dims = len(page_set[1]), args.batch_size, args.dims
     print(f"{args.model} on {model.device}: {args.num_rows} queries, {num_pages} A4 pages, dims {dims}")

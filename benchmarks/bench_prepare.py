@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a fr
 
 from fpdf import FPDF  # noqa: E402
 
-from vdr.documents import RenderSettings, render_documents  # noqa: E402
+from vdr.prepare.documents import RenderSettings, render_documents  # noqa: E402
 
 
 def build_pdfs(folder: Path, num_documents: int, pages_per_document: int, seed: int = 0) -> None:
@@ -77,7 +77,7 @@ def rendering_breakdown(pdf_path: Path, settings: RenderSettings) -> dict[str, f
     """Seconds per page, one process: pdfium rasterising, the bitmap -> PIL copy, PNG encoding, the text layer."""
     import pypdfium2 as pdfium
 
-    from vdr.documents import pdf_scale
+    from vdr.prepare.documents import pdf_scale
 
     totals = dict.fromkeys(["open", "rasterise", "to_pil", "png_encode", "text_layer"], 0.0)
     start = time.perf_counter()
@@ -87,7 +87,7 @@ def rendering_breakdown(pdf_path: Path, settings: RenderSettings) -> dict[str, f
         page = document[index]
         scale = pdf_scale(*page.get_size(), settings)
         t0 = time.perf_counter()
-        bitmap = page.render(scale=scale, rev_byteorder=True)  # as vdr.documents renders
+        bitmap = page.render(scale=scale, rev_byteorder=True)  # as vdr.prepare.documents renders
         t1 = time.perf_counter()
         image = bitmap.to_pil()
         t2 = time.perf_counter()
@@ -107,9 +107,9 @@ def rendering_breakdown(pdf_path: Path, settings: RenderSettings) -> dict[str, f
 def time_mining(docs: Path, max_pixels: int | None) -> dict[str, float]:
     """The queries -> split -> negatives steps on rendered pages, with the time of their parts."""
     from prepare_vdr_data import main, make_parser
-    from vdr.config import ModelArguments
-    from vdr.documents import read_pages
-    from vdr.model import build_model
+    from vdr.models.embedder import build_model
+    from vdr.models.loading import ModelLoadingArguments
+    from vdr.prepare.documents import read_pages
 
     out = Path(tempfile.mkdtemp(prefix="bench-mine-"))
     pixels = ["--max_pixels", str(max_pixels)] if max_pixels else []
@@ -118,9 +118,8 @@ def time_mining(docs: Path, max_pixels: int | None) -> dict[str, float]:
         main(*make_parser().parse(["--input_dir", str(docs), *common, "--steps", "pages", "queries", "split"]))
         pages = read_pages(out)[0]
         start = time.perf_counter()
-        model = build_model(
-            ModelArguments(model_name_or_path="generated:tiny-qwen3-vl", torch_dtype="float32", max_pixels=max_pixels)
-        )
+        loading = ModelLoadingArguments(torch_dtype="float32", max_pixels=max_pixels)
+        model = build_model("generated:tiny-qwen3-vl", loading)
         load = time.perf_counter() - start
         paths = [str(out / page.image) for page in pages]
         start = time.perf_counter()

@@ -55,13 +55,14 @@ from sentence_transformers import (  # noqa: E402
 )
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler  # noqa: E402
 
-from vdr.config import DEFAULT_MATRYOSHKA_DIMS, DataArguments, LossArguments, ModelArguments  # noqa: E402
-from vdr.data import load_training_data  # noqa: E402
-from vdr.loss import build_loss  # noqa: E402
-from vdr.model import build_model, embedding_dimension  # noqa: E402
-from vdr.pages import generate_rows  # noqa: E402
-from vdr.tiny_model import TINY_MODEL_ID  # noqa: E402
-from vdr.train_pages import image_columns, presize_page_columns, replace_column  # noqa: E402
+from vdr.data.page_images import image_columns, presize_page_columns, replace_column  # noqa: E402
+from vdr.data.sources import load_training_data  # noqa: E402
+from vdr.models.embedder import build_model, embedding_dimension  # noqa: E402
+from vdr.models.loading import ModelLoadingArguments  # noqa: E402
+from vdr.offline.generated_pages import generate_rows  # noqa: E402
+from vdr.offline.tiny_model import TINY_MODEL_ID  # noqa: E402
+from vdr.training.arguments import DEFAULT_MATRYOSHKA_DIMS, DataArguments, LossArguments  # noqa: E402
+from vdr.training.losses import build_loss  # noqa: E402
 
 A4_150_DPI = (1240, 1754)
 RECIPE_MAX_PIXELS = 600 * 600
@@ -251,13 +252,10 @@ def table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def build_setup(args: argparse.Namespace, output_dir: str) -> Setup:
-    model_args = ModelArguments(
-        model_name_or_path=args.model,
-        torch_dtype=args.torch_dtype,
-        min_pixels=RECIPE_MIN_PIXELS,
-        max_pixels=args.max_pixels,
+    loading = ModelLoadingArguments(
+        torch_dtype=args.torch_dtype, min_pixels=RECIPE_MIN_PIXELS, max_pixels=args.max_pixels
     )
-    model = build_model(model_args)
+    model = build_model(args.model, loading)
     if torch.cuda.is_available():
         model.to("cuda")
     return Setup(model, recipe_loss(model, args.mini_batch_size[0]), args.batch_size, output_dir)
@@ -280,11 +278,15 @@ def run(args: argparse.Namespace) -> None:
     if args.only_end_to_end:
         return end_to_end(args, work)
     page_cache = work / "page-cache"
-    print(f"Machine: {os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.2f}; "
-          f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")  # fmt: skip
+    print(
+        f"Machine: {os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.2f}; "
+        f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"
+    )
     jsonl = write_page_files(work / "data", args.num_rows, args.format)
-    print(f"{args.num_rows} rows x 2 pages, A4 at 150 DPI {args.format.upper()}, max_pixels {args.max_pixels}, "
-          f"batch {args.batch_size}, mini-batch {args.mini_batch_size}, model {args.model}")  # fmt: skip
+    print(
+        f"{args.num_rows} rows x 2 pages, A4 at 150 DPI {args.format.upper()}, max_pixels {args.max_pixels}, "
+        f"batch {args.batch_size}, mini-batch {args.mini_batch_size}, model {args.model}"
+    )
     plain, _ = load_training_data(DataArguments(train_dataset=str(jsonl), negative_columns=["negative_0"]), seed=42)
     setup = build_setup(args, str(work / "out"))
 
@@ -321,8 +323,9 @@ def run(args: argparse.Namespace) -> None:
         end_to_end(args, work)
 
 
-def report_data_path(args: argparse.Namespace, setup: Setup, variants: dict, presize_cold: float,
-                     presize_warm: float) -> None:  # fmt: skip
+def report_data_path(
+    args: argparse.Namespace, setup: Setup, variants: dict, presize_cold: float, presize_warm: float
+) -> None:
     """The data path alone: decodes, sampler and model-card costs, then rows/s and pages/s by workers."""
     rows_per_epoch = len(variants["recipe (datasets.Image, no_duplicates)"][0])
     pages_per_epoch = 2 * rows_per_epoch
@@ -335,29 +338,51 @@ def report_data_path(args: argparse.Namespace, setup: Setup, variants: dict, pre
         sample = sampler_seconds(dataset, args.batch_size, hashed=sampler.endswith("hashed"))
         with Decodes().counting() as epoch_decodes:  # the sampler's own decodes included
             elapsed, pages = data_path_rate(setup, dataset, sampler, 0)
-        costs.append([name, f"{sample:.2f} s", f"{card:.2f} s", card_decodes.count,
-                      f"{epoch_decodes.count / pages_per_epoch:.1f}"])  # fmt: skip
+        costs.append(
+            [
+                name,
+                f"{sample:.2f} s",
+                f"{card:.2f} s",
+                card_decodes.count,
+                f"{epoch_decodes.count / pages_per_epoch:.1f}",
+            ]
+        )
         rates[name] = {0: (elapsed, pages)}
         torch.set_num_threads(args.torch_threads)
         for workers in args.workers:
             if workers:
                 rates[name][workers] = data_path_rate(setup, dataset, sampler, workers)
 
-    print(f"\nPresizing {pages_per_epoch} pages: {presize_cold:.1f} s the first time "
-          f"({pages_per_epoch / presize_cold:.1f} pages/s), {presize_warm:.2f} s when cached")  # fmt: skip
+    print(
+        f"\nPresizing {pages_per_epoch} pages: {presize_cold:.1f} s the first time "
+        f"({pages_per_epoch / presize_cold:.1f} pages/s), {presize_warm:.2f} s when cached"
+    )
     print("\nOutside the data loader (0 workers, one thread; decodes counted in-process):")
-    print(table(["data path", "sampler, one epoch", "model-card statistics", "decodes at trainer start",
-                 "decodes per page per epoch"], costs))  # fmt: skip
+    print(
+        table(
+            [
+                "data path",
+                "sampler, one epoch",
+                "model-card statistics",
+                "decodes at trainer start",
+                "decodes per page per epoch",
+            ],
+            costs,
+        )
+    )
 
     base = rates["recipe (datasets.Image, no_duplicates)"]
     rate_rows = []
     for name, by_workers in rates.items():
         for workers, (elapsed, pages) in sorted(by_workers.items()):
             speedup = (base[workers][0] / elapsed) if workers in base else float("nan")
-            rate_rows.append([name, workers, f"{rows_per_epoch / elapsed:.1f}", f"{pages / elapsed:.1f}",
-                              f"**{speedup:.1f}x**"])  # fmt: skip
-    print(f"\nData path alone, dataset -> collated batch, one epoch ({rows_per_epoch} rows, {pages_per_epoch} pages); "
-          "0 workers = one core, one torch thread:")  # fmt: skip
+            rate_rows.append(
+                [name, workers, f"{rows_per_epoch / elapsed:.1f}", f"{pages / elapsed:.1f}", f"**{speedup:.1f}x**"]
+            )
+    print(
+        f"\nData path alone, dataset -> collated batch, one epoch ({rows_per_epoch} rows, {pages_per_epoch} pages); "
+        "0 workers = one core, one torch thread:"
+    )
     print(table(["data path", "workers", "rows/s", "pages/s", "vs recipe"], rate_rows))
 
 
@@ -369,16 +394,45 @@ def end_to_end(args: argparse.Namespace, work: Path) -> None:
     on_gpu = torch.cuda.is_available()
     dims = [str(d) for d in matryoshka_dims(hidden_size(args.model))]
     common = [
-        sys.executable, str(REPO_ROOT / "train_vdr.py"),
-        "--model_name_or_path", args.model, "--torch_dtype", args.torch_dtype or "float32",
-        "--bf16", str(on_gpu and args.torch_dtype == "bfloat16").lower(),
-        "--min_pixels", str(RECIPE_MIN_PIXELS), "--max_pixels", str(args.max_pixels),
-        "--train_dataset", str(jsonl), "--negative_columns", "negative_0",
-        "--matryoshka_dims", *dims, "--mini_batch_size", str(args.mini_batch_size[-1]),
-        "--per_device_train_batch_size", str(args.batch_size), "--batch_sampler", "no_duplicates",
-        "--num_train_epochs", "1", "--learning_rate", "1e-4", "--eval_strategy", "no", "--save_strategy", "no",
-        "--report_to", "none", "--dataloader_pin_memory", str(on_gpu).lower(), "--seed", "42",
-    ]  # fmt: skip
+        sys.executable,
+        str(REPO_ROOT / "train_vdr.py"),
+        "--model_name_or_path",
+        args.model,
+        "--torch_dtype",
+        args.torch_dtype or "float32",
+        "--bf16",
+        str(on_gpu and args.torch_dtype == "bfloat16").lower(),
+        "--min_pixels",
+        str(RECIPE_MIN_PIXELS),
+        "--max_pixels",
+        str(args.max_pixels),
+        "--train_dataset",
+        str(jsonl),
+        "--negative_columns",
+        "negative_0",
+        "--matryoshka_dims",
+        *dims,
+        "--mini_batch_size",
+        str(args.mini_batch_size[-1]),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--batch_sampler",
+        "no_duplicates",
+        "--num_train_epochs",
+        "1",
+        "--learning_rate",
+        "1e-4",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--dataloader_pin_memory",
+        str(on_gpu).lower(),
+        "--seed",
+        "42",
+    ]
     runs = [
         ("before: recipe data path (no presizing, 0 workers)", ["--presize_pages", "false"], 0),
         ("after, first run (presizing included, 0 workers)", ["--presize_pages", "true"], 0),
@@ -394,25 +448,31 @@ def end_to_end(args: argparse.Namespace, work: Path) -> None:
         output = [*flags, "--dataloader_num_workers", str(workers), "--output_dir", str(work / f"e2e-{number}")]
         elapsed, done = seconds(subprocess.run, [*common, *output], env=env, check=True, capture_output=True, text=True)
         loop = training_loop_seconds(done.stdout + done.stderr)
-        results.append([name, f"{elapsed:.1f} s", f"{args.e2e_rows / elapsed:.2f}", f"{loop:.1f} s",
-                        f"{args.e2e_rows / loop:.2f}"])  # fmt: skip
+        results.append(
+            [name, f"{elapsed:.1f} s", f"{args.e2e_rows / elapsed:.2f}", f"{loop:.1f} s", f"{args.e2e_rows / loop:.2f}"]
+        )
         print(f"  {' | '.join(results[-1])}", flush=True)  # as it ends: a run cut short keeps the others' figures
     before_wall, before_loop = (float(results[0][column].split()[0]) for column in (1, 3))
     for row in results:
         wall, loop = float(row[1].split()[0]), float(row[3].split()[0])
         row += [f"**{before_wall / wall:.1f}x**", f"**{before_loop / loop:.1f}x**"]
-    settings = (f"{args.e2e_rows} rows, batch {args.batch_size}, mini-batch {args.mini_batch_size[-1]}, one epoch, "
-                f"model {args.model}{', bf16 on ' + torch.cuda.get_device_name() if on_gpu else ', CPU'}")  # fmt: skip
+    settings = (
+        f"{args.e2e_rows} rows, batch {args.batch_size}, mini-batch {args.mini_batch_size[-1]}, one epoch, "
+        f"model {args.model}{', bf16 on ' + torch.cuda.get_device_name() if on_gpu else ', CPU'}"
+    )
     print(f"\ntrain_vdr.py end to end ({settings}; load {os.getloadavg()[0]:.2f}):")
-    print(table(["run", "wall (command)", "rows/s", "training loop", "rows/s", "wall vs before", "loop vs before"],
-                results))  # fmt: skip
+    print(
+        table(
+            ["run", "wall (command)", "rows/s", "training loop", "rows/s", "wall vs before", "loop vs before"], results
+        )
+    )
 
 
 def hidden_size(model: str) -> int:
     """The model's hidden size (its embedding dimension) from its config, without loading its weights."""
     from transformers import AutoConfig
 
-    from vdr.tiny_model import ensure_tiny_qwen3_vl
+    from vdr.offline.tiny_model import ensure_tiny_qwen3_vl
 
     config = AutoConfig.from_pretrained(str(ensure_tiny_qwen3_vl()) if model == TINY_MODEL_ID else model)
     return getattr(config, "text_config", config).hidden_size
@@ -434,8 +494,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=("png", "jpeg"), default="png")
     parser.add_argument("--max_pixels", type=int, default=RECIPE_MAX_PIXELS)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--mini_batch_size", type=int, nargs="+", default=[1],
-                        help="Gradient-cache mini-batches (recipe: 1); the step split times each.")  # fmt: skip
+    parser.add_argument(
+        "--mini_batch_size",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="Gradient-cache mini-batches (recipe: 1); the step split times each.",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--step_workers", type=int, default=2, help="Dataloader workers for the step split.")
     parser.add_argument("--steps", type=int, default=3, help="Training steps timed for the step split.")
@@ -449,8 +514,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks that the benchmark runs.")
     args = parser.parse_args(argv)
     if args.num_rows < 2 * args.batch_size and not (args.smoke or args.only_end_to_end):  # step 0 only warms up
-        parser.error(f"--num_rows {args.num_rows} gives fewer than 2 batches of {args.batch_size}: the step split "
-                     "needs at least 2 (the first one warms up)")  # fmt: skip
+        parser.error(
+            f"--num_rows {args.num_rows} gives fewer than 2 batches of {args.batch_size}: the step split "
+            "needs at least 2 (the first one warms up)"
+        )
     if args.smoke:
         args.num_rows, args.batch_size, args.max_pixels, args.steps = 4, 2, 64 * 64, 1
         args.workers, args.step_workers, args.e2e_rows = [0], 0, 4

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a fresh clone
 
-from vdr.tiny_model import write_tiny_qwen3_vl  # noqa: E402
+from vdr.offline.tiny_model import write_tiny_qwen3_vl  # noqa: E402
 
 
 def _rope(mrope_section: list[int]) -> dict:
@@ -27,20 +27,50 @@ def _rope(mrope_section: list[int]) -> dict:
 # From the released Qwen3-VL-2B / 8B configs (the embedding and reranker models share these backbones)
 SIZES = {
     "2b": (
-        {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
-         "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "rope_parameters": _rope([24, 20, 20]),
-         "tie_word_embeddings": True},
-        {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2048,
-         "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17]},
+        {
+            "vocab_size": 151936,
+            "hidden_size": 2048,
+            "intermediate_size": 6144,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "rope_parameters": _rope([24, 20, 20]),
+            "tie_word_embeddings": True,
+        },
+        {
+            "depth": 24,
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_heads": 16,
+            "out_hidden_size": 2048,
+            "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": [5, 11, 17],
+        },
     ),
     "8b": (
-        {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
-         "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "rope_parameters": _rope([24, 20, 20]),
-         "tie_word_embeddings": False},
-        {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "out_hidden_size": 4096,
-         "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24]},
+        {
+            "vocab_size": 151936,
+            "hidden_size": 4096,
+            "intermediate_size": 12288,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "rope_parameters": _rope([24, 20, 20]),
+            "tie_word_embeddings": False,
+        },
+        {
+            "depth": 27,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_heads": 16,
+            "out_hidden_size": 4096,
+            "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": [8, 16, 24],
+        },
     ),
-}  # fmt: skip
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,8 +87,9 @@ def main(args: argparse.Namespace) -> Path:
 
     text_sizes, vision_sizes = SIZES[args.size]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    folder = write_tiny_qwen3_vl(args.output_dir, text_sizes=text_sizes, vision_sizes=vision_sizes,
-                                 device=device, dtype=args.dtype)  # fmt: skip
+    folder = write_tiny_qwen3_vl(
+        args.output_dir, text_sizes=text_sizes, vision_sizes=vision_sizes, device=device, dtype=args.dtype
+    )
     print(f"Wrote a random Qwen3-VL-{args.size.upper()}-size model to {folder}")
     return folder
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,7 +31,7 @@ def vdr_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(vdr_cache: Path) -> Path:
-    from vdr.tiny_model import ensure_tiny_qwen3_vl
+    from vdr.offline.tiny_model import ensure_tiny_qwen3_vl
 
     return ensure_tiny_qwen3_vl(vdr_cache)
 
@@ -42,8 +43,22 @@ def tiny_model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def st_model_dir(tmp_path_factory: pytest.TempPathFactory, vdr_cache: Path) -> Path:
+    """The tiny model saved as a Sentence Transformers model, with Matryoshka dims recorded like train_vdr.py.
+    Tests only read it (copy it to change it)."""
+    from vdr.models.embedder import build_model
+    from vdr.models.loading import ModelLoadingArguments
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-st"
+    model = build_model("generated:tiny-qwen3-vl", ModelLoadingArguments(max_pixels=36864))
+    model.save_pretrained(str(folder))
+    (folder / "vdr_training.json").write_text(json.dumps({"matryoshka_dims": [64, 32, 16]}))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def generated_rows() -> list[dict]:
-    from vdr.pages import generate_rows
+    from vdr.offline.generated_pages import generate_rows
 
     return generate_rows(12, seed=3)
 
@@ -59,12 +74,18 @@ def embedding_quickstart(tmp_path_factory: pytest.TempPathFactory, vdr_cache: Pa
     return output_dir, main(*make_parser().parse([*argv, "--truncate_dim", "32"]))
 
 
-def make_it_look_interrupted(output_dir: Path, last_checkpoint: str) -> None:
-    """A finished run made to look killed before ``last_checkpoint``: that checkpoint, the final model and
-    metrics.json never got written."""
-    for name in (last_checkpoint, "final"):
-        shutil.rmtree(output_dir / name)
-    (output_dir / "metrics.json").unlink()
+@pytest.fixture(scope="session")
+def reranker_quickstart(tmp_path_factory: pytest.TempPathFactory, embedding_quickstart: tuple) -> tuple[Path, dict]:
+    """configs/quickstart-reranker.yaml trained once per session, from the embedding quickstart's final model (its
+    documented first step), and its metrics: the reranker training tests check it and the retrieve-then-rerank tests
+    rerank with it. Tests only read it."""
+    from train_reranker_vdr import main, make_parser
+
+    output_dir = tmp_path_factory.mktemp("quickstart-reranker") / "run"
+    embedder = embedding_quickstart[0] / "final"
+    config = str(REPO_ROOT / "configs" / "quickstart-reranker.yaml")
+    argv = ["--config", config, "--model_name_or_path", str(embedder), "--output_dir", str(output_dir)]
+    return output_dir, main(*make_parser().parse(argv))
 
 
 @pytest.fixture()

@@ -1,77 +1,73 @@
-"""The command line: bad input gives exit code 2 and one clear paragraph, not a traceback."""
+"""The command line: YAML + command-line overrides, strict keys, typed values (``vdr.cli.ConfigParser``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from datasets import Dataset
 
-from .conftest import REPO_ROOT
-
-
-def run_train(*args: str, env_cache) -> subprocess.CompletedProcess:
-    import os
-
-    env = {**os.environ, "VDR_CACHE": str(env_cache), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "train_vdr.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+from tests.helpers import write_yaml
+from train_vdr import make_parser
+from vdr.errors import VdrError
 
 
-def assert_clean_error(result: subprocess.CompletedProcess, message: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+def parse(*argv: str):
+    model, data, loss, evaluation, training, _lora = make_parser().parse(list(argv))
+    return model, data, loss, evaluation, training
 
 
-def test_unknown_key(tmp_path, vdr_cache):
-    result = run_train("--config", "configs/quickstart.yaml", "--lerning_rate", "1e-4", env_cache=vdr_cache)
-    assert_clean_error(result, "Unknown argument 'lerning_rate' in the command line. Did you mean 'learning_rate'?")
+def test_yaml_values_are_typed_and_overridden_by_the_command_line(tmp_path):
+    config = write_yaml(tmp_path, "learning_rate: 1e-5\nmax_pixels: 1000\noutput_dir: out\nmatryoshka_dims: [32, 16]\n")
+    model, _, loss, _, training = parse("--config", config, "--max_pixels", "2000")
+    assert training.learning_rate == pytest.approx(1e-5)  # PyYAML reads "1e-5" as a string; argparse converts it
+    assert model.max_pixels == 2000  # command line beats YAML
+    assert loss.matryoshka_dims == [32, 16]
+    assert training.output_dir == "out"
 
 
-def test_missing_model_path(tmp_path, vdr_cache):
-    result = run_train(
-        "--config",
-        "configs/quickstart.yaml",
-        "--model_name_or_path",
-        str(tmp_path / "nope"),
-        "--output_dir",
-        str(tmp_path / "out"),
-        env_cache=vdr_cache,
-    )
-    assert_clean_error(result, f"Model path '{tmp_path / 'nope'}' does not exist")
+def test_yaml_scalar_for_a_list_field_is_one_item_and_items_are_typed(tmp_path):
+    config = write_yaml(tmp_path, "negative_columns: negative_2\nmatryoshka_dims: ['64', 32]\n")
+    _, data, loss, _, _ = parse("--config", config)
+    assert data.negative_columns == ["negative_2"]
+    assert loss.matryoshka_dims == [64, 32]
 
 
-@pytest.fixture()
-def path_dataset(tmp_path, generated_rows):
-    """A JSON-lines training file whose image columns hold file paths."""
-    rows = []
-    for index, row in enumerate(generated_rows[:4]):
-        for column in ("image", "negative_0"):
-            row[column].save(tmp_path / f"{column}-{index}.png")
-        rows.append({"query": row["query"], "image": f"image-{index}.png", "negative_0": f"negative_0-{index}.png"})
-    return tmp_path, rows
+def test_defaults_apply_without_a_config():
+    model, data, loss, evaluation, training = parse("--output_dir", "out")
+    assert model.model_name_or_path == "Qwen/Qwen3-VL-Embedding-2B"
+    assert data.negative_columns == ["negative_0"]
+    assert loss.mini_batch_size == 1
 
 
-def train_on_jsonl(folder, rows, *extra: str, env_cache) -> subprocess.CompletedProcess:
-    """Run the quickstart on ``rows`` written as a JSON-lines file (two rows held out for evaluation)."""
-    Dataset.from_list(rows).to_json(str(folder / "train.jsonl"))
-    data = ["--train_dataset", str(folder / "train.jsonl"), "--eval_split_size", "2"]
-    return run_train(
-        "--config", "configs/quickstart.yaml", *data, "--output_dir", str(folder / "out"), *extra, env_cache=env_cache
-    )
+def test_unknown_yaml_key_is_named_with_the_closest_valid_one(tmp_path):
+    config = write_yaml(tmp_path, "lerning_rate: 1e-5\n")
+    with pytest.raises(
+        VdrError, match=r"Unknown argument 'lerning_rate' in .*config\.yaml\. Did you mean 'learning_rate'\?"
+    ):
+        parse("--config", config)
 
 
-def test_missing_column(path_dataset, vdr_cache):
-    folder, rows = path_dataset
-    result = train_on_jsonl(folder, rows, "--query_column", "question", env_cache=vdr_cache)
-    assert_clean_error(result, "has no column 'question' (its columns are: query, image, negative_0)")
+def test_unknown_command_line_flag_is_named(tmp_path):
+    with pytest.raises(
+        VdrError, match=r"Unknown argument 'max_pixel' in the command line\. Did you mean 'max_pixels'\?"
+    ):
+        parse("--max_pixel", "5")
 
 
-def test_unreadable_image(path_dataset, vdr_cache):
-    folder, rows = path_dataset
-    (folder / "image-2.png").write_bytes(b"\x89PNG broken")
-    result = train_on_jsonl(folder, rows, env_cache=vdr_cache)
-    assert_clean_error(result, f"line 3, column 'image': image file '{folder / 'image-2.png'}' cannot be read")
+def test_invalid_value_is_reported_as_a_user_error():
+    with pytest.raises(VdrError, match="matryoshka_dims must be listed largest first"):
+        parse("--matryoshka_dims", "16", "64")
+
+
+def test_missing_config_file_is_reported(tmp_path):
+    with pytest.raises(VdrError, match="Config file .*nope.yaml' does not exist"):
+        parse("--config", str(tmp_path / "nope.yaml"))
+
+
+def test_command_line_list_replaces_the_yaml_list(tmp_path):
+    from evaluate_vdr import make_parser as evaluate_parser
+
+    config = write_yaml(tmp_path, "model: [from-yaml]\ndataset: [generated:pages]\n")
+    _, evaluate, *_ = evaluate_parser().parse(["--config", config, "--model", "a", "--model", "b"])
+    assert evaluate.model == ["a", "b"] and evaluate.dataset == ["generated:pages"]
+    config = write_yaml(tmp_path, "matryoshka_dims: [64, 32]\nnegative_columns: [negative_0, negative_1]\n")
+    _, data, loss, _, _ = parse("--config", config, "--matryoshka_dims", "16")
+    assert loss.matryoshka_dims == [16] and data.negative_columns == ["negative_0", "negative_1"]

@@ -11,16 +11,23 @@ import torch
 
 import evaluate_vdr
 import train_vdr
-from vdr.config import ModelArguments
-from vdr.model import build_model, model_kwargs
-
-from .conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
+from vdr.models.embedder import build_model
+from vdr.models.loading import ModelLoadingArguments, model_kwargs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
-RECIPE_GPU_FLAGS = ["--bf16", "true", "--torch_dtype", "bfloat16", "--attn_implementation", "flash_attention_2",
-                    "--dataloader_pin_memory", "true"]  # fmt: skip
+RECIPE_GPU_FLAGS = [
+    "--bf16",
+    "true",
+    "--torch_dtype",
+    "bfloat16",
+    "--attn_implementation",
+    "flash_attention_2",
+    "--dataloader_pin_memory",
+    "true",
+]
 
 
 def flash_attn_installed() -> bool:
@@ -34,11 +41,13 @@ def expected_attention() -> str:
 
 
 def test_flash_attention_is_used_when_installed_else_sdpa():
-    assert model_kwargs(ModelArguments(attn_implementation="flash_attention_2"))["attn_implementation"] == (
+    assert model_kwargs(ModelLoadingArguments(attn_implementation="flash_attention_2"))["attn_implementation"] == (
         expected_attention()
     )
-    model = build_model(ModelArguments(model_name_or_path="generated:tiny-qwen3-vl", torch_dtype="bfloat16",
-                                       attn_implementation="flash_attention_2"))  # fmt: skip
+    model = build_model(
+        "generated:tiny-qwen3-vl",
+        ModelLoadingArguments(torch_dtype="bfloat16", attn_implementation="flash_attention_2"),
+    )
     assert model[0].auto_model.config._attn_implementation == expected_attention()
 
 
@@ -52,19 +61,53 @@ def test_the_quickstart_learns_in_bf16_on_the_gpu(tmp_path, vdr_cache):
 
 
 def test_lora_with_gradient_checkpointing_trains_in_bf16(tmp_path, vdr_cache):
-    argv = ["--config", QUICKSTART, "--output_dir", str(tmp_path / "lora"), *RECIPE_GPU_FLAGS,
-            "--lora", "true", "--lora_vision", "true", "--gradient_checkpointing", "true", "--num_generated_rows", "40",
-            "--eval_split_size", "8", "--eval_strategy", "no", "--max_steps", "2", "--per_device_train_batch_size", "8",
-            "--mini_batch_size", "4"]  # fmt: skip
+    argv = [
+        "--config",
+        QUICKSTART,
+        "--output_dir",
+        str(tmp_path / "lora"),
+        *RECIPE_GPU_FLAGS,
+        "--lora",
+        "true",
+        "--lora_vision",
+        "true",
+        "--gradient_checkpointing",
+        "true",
+        "--num_generated_rows",
+        "40",
+        "--eval_split_size",
+        "8",
+        "--eval_strategy",
+        "no",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--mini_batch_size",
+        "4",
+    ]
     metrics = train_vdr.main(*train_vdr.make_parser().parse(argv))
     assert metrics["final_ndcg@10"] is not None and (tmp_path / "lora" / "final").is_dir()
 
 
 def test_bf16_evaluation_scores_like_float32_and_reranks(tmp_path, vdr_cache):
     """The same model scored in bf16 and in float32 on the GPU: NDCG@10 close; the reranker runs in bf16 too."""
-    common = ["--model", "generated:tiny-qwen3-vl", "--dataset", "generated:pages", "--num_generated_rows", "32",
-              "--max_pixels", "36864", "--reranker", "generated:tiny-qwen3-vl", "--rerank_top_k", "5",
-              "--no_cache", "true"]  # fmt: skip
+    common = [
+        "--model",
+        "generated:tiny-qwen3-vl",
+        "--dataset",
+        "generated:pages",
+        "--num_generated_rows",
+        "32",
+        "--max_pixels",
+        "36864",
+        "--reranker",
+        "generated:tiny-qwen3-vl",
+        "--rerank_top_k",
+        "5",
+        "--no_cache",
+        "true",
+    ]
     results = {}
     for dtype in ("float32", "bfloat16"):
         argv = [*common, "--torch_dtype", dtype, "--output_dir", str(tmp_path / dtype)]

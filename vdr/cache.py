@@ -1,17 +1,26 @@
-"""Where the project keeps what it builds once and reuses (tiny model, generated pages, embeddings), and how a
-finished build is put in place so that an interrupted or corrupted one is rebuilt instead of failing every run.
+"""Where the project keeps what it computes once and reuses, and how it is written so that an interrupted or damaged
+entry is computed again instead of failing every run:
+
+- ``build_once``: folders built whole (the tiny model, generated pages), moved into place when finished;
+- ``TensorCache``: tensors keyed by what they were computed from (embeddings, page token matrices, reranker
+  scores), one file per key, written atomically.
 
 Everything lives under ``$VDR_CACHE`` (default ``~/.cache/vdr-finetune``); deleting that folder is always safe.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from vdr.provenance import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -53,3 +62,55 @@ def publish(staging: Path, target: Path, marker: str) -> None:
     except OSError:
         if not (target / marker).exists():
             raise
+
+
+class TensorCache:
+    """Tensors (or dicts of tensors) on disk, one file per key: ``<folder>/<SHA-256 of the key>.pt``.
+
+    A key is a JSON-able dict naming everything the value was computed from (a model's and a dataset's content,
+    the loading settings, ...); the library versions and this cache's format version are added to every key, so
+    an upgrade never serves stale values. ``folder=None`` turns caching off. A value is written to a temporary file
+    renamed into place, so a killed run never leaves a half-written entry. An entry that cannot be read back, or
+    that ``load``'s ``is_valid`` refuses (a truncated or foreign file), is reported with a warning and treated as
+    missing: the caller computes it again and the next ``save`` replaces it.
+    """
+
+    #: Bump when what is stored, or how it is computed, changes.
+    FORMAT_VERSION = 3
+
+    def __init__(self, folder: str | Path | None):
+        self.folder = Path(folder) if folder else None
+
+    def path(self, key: dict[str, Any]) -> Path | None:
+        if self.folder is None:
+            return None
+        key = {**key, "format": self.FORMAT_VERSION, "versions": library_versions()}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return self.folder / f"{digest}.pt"
+
+    def load(self, key: dict[str, Any], is_valid: Callable[[Any], bool] = lambda value: True) -> Any | None:
+        """The value saved under ``key``; None when there is none, or it is damaged (warned about)."""
+        path = self.path(key)
+        if path is None or not path.exists():
+            return None
+        import torch  # here, not at the top: prepare_vdr_data.py's rendering workers import this module and start fast
+
+        try:
+            value = torch.load(path, weights_only=True)
+            if is_valid(value):
+                return value
+        except Exception:  # truncated, foreign, or a value of another shape: recompute rather than fail
+            pass
+        logger.warning("Ignoring the damaged cache entry %s (it will be computed again)", path)
+        return None
+
+    def save(self, key: dict[str, Any], value: Any) -> None:
+        path = self.path(key)
+        if path is None:
+            return
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.stem}-{os.getpid()}.tmp")
+        torch.save(value, temporary)
+        temporary.replace(path)  # atomic: a killed run never leaves a half-written entry

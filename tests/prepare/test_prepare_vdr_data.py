@@ -23,13 +23,13 @@ from fpdf import FPDF
 from PIL import Image, ImageDraw
 
 from prepare_vdr_data import main, make_parser
-from vdr.config import ModelArguments
-from vdr.dataset_checks import validate_dataset
-from vdr.documents import RenderSettings, document_id, pdf_scale, read_pages
+from tests.helpers import REPO_ROOT
 from vdr.errors import VdrError
-from vdr.model import build_model
-from vdr.prepare import split_documents
-from vdr.queries import (
+from vdr.models.embedder import build_model
+from vdr.models.loading import ModelLoadingArguments
+from vdr.prepare.checks import validate_dataset
+from vdr.prepare.documents import RenderSettings, document_id, pdf_scale, read_pages
+from vdr.prepare.queries import (
     GenerationSettings,
     QueryStats,
     file_queries,
@@ -38,8 +38,7 @@ from vdr.queries import (
     parse_generation,
     vlm_queries,
 )
-
-from .conftest import REPO_ROOT
+from vdr.prepare.split import split_documents
 
 TINY = "generated:tiny-qwen3-vl"
 COMPANIES = ["Northwind", "Contoso", "Fabrikam", "Tailspin", "Litware", "Adatum"]
@@ -114,9 +113,22 @@ def prepared(tmp_path_factory, vdr_cache) -> tuple[Path, Path, dict]:
     docs = build_documents(root / "docs")
     out = root / "out"
     report = run_prepare(
-        "--input_dir", str(docs), "--output_dir", str(out), "--model_name_or_path", TINY, "--num_negatives", "2",
-        "--eval_fraction", "2", "--num_workers", "2", "--max_page_pixels", "250000", *FAST,
-    )  # fmt: skip
+        "--input_dir",
+        str(docs),
+        "--output_dir",
+        str(out),
+        "--model_name_or_path",
+        TINY,
+        "--num_negatives",
+        "2",
+        "--eval_fraction",
+        "2",
+        "--num_workers",
+        "2",
+        "--max_page_pixels",
+        "250000",
+        *FAST,
+    )
     return docs, out, report
 
 
@@ -264,7 +276,7 @@ def test_vlm_queries_plumbing_on_the_tiny_model(prepared, tmp_path, monkeypatch)
         stats.duplicates,
         stats.empty_generations,
     )
-    monkeypatch.setattr("vdr.queries._generate", lambda *args: pytest.fail("cached pages were generated again"))
+    monkeypatch.setattr("vdr.prepare.queries._generate", lambda *args: pytest.fail("cached pages were generated again"))
     assert vlm_queries(pages, tmp_path, settings)[0] == rows
 
 
@@ -272,7 +284,7 @@ def test_retrieval_filter_keeps_queries_whose_page_ranks_in_the_top_k(prepared, 
     _, out, _ = prepared
     pages = read_pages(out)[0]
     queries = read_jsonl(out / "queries.jsonl")
-    model = build_model(ModelArguments(model_name_or_path=TINY, max_pixels=36864, torch_dtype="float32"))
+    model = build_model(TINY, ModelLoadingArguments(max_pixels=36864, torch_dtype="float32"))
     kept, dropped = filter_by_retrieval(queries, pages, model, 3, out, batch_size=16)
     # Independently: rank every page for every query with the model's own similarity.
     corpus = model.encode_document([str(out / page.image) for page in pages], batch_size=16)
@@ -317,9 +329,19 @@ def test_excluding_same_document_negatives(prepared, tmp_path):
     _, out, _ = prepared
     copy = Path(shutil.copytree(out, tmp_path / "out"))
     report = run_prepare(
-        "--output_dir", str(copy), "--steps", "negatives", "report", "--model_name_or_path", TINY,
-        "--num_negatives", "2", "--exclude_negatives_from", "document", *FAST,
-    )  # fmt: skip
+        "--output_dir",
+        str(copy),
+        "--steps",
+        "negatives",
+        "report",
+        "--model_name_or_path",
+        TINY,
+        "--num_negatives",
+        "2",
+        "--exclude_negatives_from",
+        "document",
+        *FAST,
+    )
     for name in ("train", "eval"):
         rows = read_jsonl(copy / f"{name}.jsonl")
         assert rows and all(not row["negative_0"].startswith(f"pages/{row['document']}/") for row in rows)
@@ -414,25 +436,57 @@ def test_train_vdr_trains_on_the_output_and_evaluate_vdr_scores_it(prepared, tmp
     train_vdr.main(
         *train_vdr.make_parser().parse(
             [
-                "--model_name_or_path", TINY, "--train_dataset", str(out / "train.jsonl"),
-                "--eval_dataset", str(out / "eval.jsonl"), "--negative_columns", "negative_0", "negative_1",
-                "--matryoshka_dims", "64", "32", "--max_steps", "2", "--per_device_train_batch_size", "4",
-                "--max_pixels", "36864", "--torch_dtype", "float32", "--report_to", "none",
-                "--dataloader_pin_memory", "false", "--output_dir", str(tmp_path / "run"), "--save_strategy", "no",
+                "--model_name_or_path",
+                TINY,
+                "--train_dataset",
+                str(out / "train.jsonl"),
+                "--eval_dataset",
+                str(out / "eval.jsonl"),
+                "--negative_columns",
+                "negative_0",
+                "negative_1",
+                "--matryoshka_dims",
+                "64",
+                "32",
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "4",
+                "--max_pixels",
+                "36864",
+                "--torch_dtype",
+                "float32",
+                "--report_to",
+                "none",
+                "--dataloader_pin_memory",
+                "false",
+                "--output_dir",
+                str(tmp_path / "run"),
+                "--save_strategy",
+                "no",
             ]
         )
-    )  # fmt: skip
+    )
     state = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(state["final"]) == {"64", "32"}
     result = evaluate_vdr.main(
         *evaluate_vdr.make_parser().parse(
             [
-                "--model", str(tmp_path / "run"), "--dataset", str(out / "eval.jsonl"),
-                "--dataset", str(out / "eval-beir"), "--max_pixels", "36864", "--no_cache", "true",
-                "--output_dir", str(tmp_path / "evaluation"),
+                "--model",
+                str(tmp_path / "run"),
+                "--dataset",
+                str(out / "eval.jsonl"),
+                "--dataset",
+                str(out / "eval-beir"),
+                "--max_pixels",
+                "36864",
+                "--no_cache",
+                "true",
+                "--output_dir",
+                str(tmp_path / "evaluation"),
             ]
         )
-    )  # fmt: skip
+    )
     split = json.loads((out / "split.json").read_text())
     eval_pages = [page for page in read_jsonl(out / "pages.jsonl") if page["document"] in split["eval"]]
     eval_rows = read_jsonl(out / "eval.jsonl")
@@ -468,6 +522,14 @@ def test_bad_input_gives_one_clear_error(tmp_path):
         run_prepare("--input_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out"))
     with pytest.raises(VdrError, match="Query file .* does not exist"):
         run_prepare(
-            "--input_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out"), "--queries", "file",
-            "--queries_file", str(tmp_path / "missing.csv"), "--steps", "queries",
-        )  # fmt: skip
+            "--input_dir",
+            str(tmp_path / "empty"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--queries",
+            "file",
+            "--queries_file",
+            str(tmp_path / "missing.csv"),
+            "--steps",
+            "queries",
+        )

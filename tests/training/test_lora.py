@@ -12,26 +12,48 @@ import torch
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
+from tests.helpers import REPO_ROOT, make_it_look_interrupted
 from train_vdr import main, make_parser
-from vdr.config import ModelArguments
-from vdr.embedding_cache import model_fingerprint
 from vdr.errors import VdrError
-from vdr.lora import LANGUAGE_MODEL_TARGETS, VISION_TARGETS, LoraArguments, save_final
-from vdr.model import build_model
-
-from .conftest import REPO_ROOT, make_it_look_interrupted
+from vdr.models.embedder import build_model
+from vdr.models.loading import ModelLoadingArguments, model_fingerprint
+from vdr.training.arguments import LANGUAGE_MODEL_TARGETS, VISION_TARGETS, LoraArguments, ModelArguments
+from vdr.training.lora import save_final
 
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
 # A short LoRA run: 2 steps of 4 rows, a checkpoint after each, no evaluation during training, a few eval pages
-SHORT_LORA_RUN = ("--lora", "true", "--lora_vision", "true", "--gradient_checkpointing", "true",
-                  "--num_generated_rows", "24", "--eval_split_size", "4", "--evaluate_base_model", "false",
-                  "--eval_strategy", "no", "--per_device_train_batch_size", "4", "--mini_batch_size", "4",
-                  "--max_steps", "2", "--save_steps", "1", "--save_total_limit", "2")  # fmt: skip
+SHORT_LORA_RUN = (
+    "--lora",
+    "true",
+    "--lora_vision",
+    "true",
+    "--gradient_checkpointing",
+    "true",
+    "--num_generated_rows",
+    "24",
+    "--eval_split_size",
+    "4",
+    "--evaluate_base_model",
+    "false",
+    "--eval_strategy",
+    "no",
+    "--per_device_train_batch_size",
+    "4",
+    "--mini_batch_size",
+    "4",
+    "--max_steps",
+    "2",
+    "--save_steps",
+    "1",
+    "--save_total_limit",
+    "2",
+)
 
 
 def run(output_dir: Path, *overrides: str) -> dict:
-    return main(*make_parser().parse(["--config", QUICKSTART, "--output_dir", str(output_dir), *SHORT_LORA_RUN,
-                                      *overrides]))  # fmt: skip
+    return main(
+        *make_parser().parse(["--config", QUICKSTART, "--output_dir", str(output_dir), *SHORT_LORA_RUN, *overrides])
+    )
 
 
 def parameters(model: SentenceTransformer) -> dict[str, torch.Tensor]:
@@ -80,7 +102,7 @@ def test_checkpoints_and_the_adapter_only_final_model_hold_the_adapter_only(adap
 
 
 def test_merged_and_adapter_only_models_give_the_same_embeddings(adapter_run, generated_rows, tmp_path):
-    adapter_only = build_model(ModelArguments(model_name_or_path=str(adapter_run["output_dir"] / "final")))
+    adapter_only = build_model(str(adapter_run["output_dir"] / "final"), ModelLoadingArguments())
     tiny = ModelArguments(model_name_or_path="generated:tiny-qwen3-vl", torch_dtype="float32")
     merged_dir = save_final(adapter_only, str(tmp_path), None, [64, 32, 16], LoraArguments(lora=True), tiny)
     assert not (merged_dir / "adapter_config.json").exists() and (merged_dir / "model.safetensors").is_file()

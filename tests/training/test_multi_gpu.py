@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vdr.config import LossArguments, ModelArguments
-from vdr.loss import build_loss
-from vdr.model import build_model
-
-from .conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
+from vdr.models.embedder import build_model
+from vdr.models.loading import ModelLoadingArguments
+from vdr.training.arguments import LossArguments
+from vdr.training.losses import build_loss
 
 ROWS_PER_PROCESS = 3
 COLUMNS = ("query", "image", "negative_0")
@@ -28,7 +28,7 @@ COLUMNS = ("query", "image", "negative_0")
 def loss_and_gradients(model_dir: str, rows: list[dict], gather: bool) -> tuple[float, dict[str, torch.Tensor]]:
     """The recipe's loss (Matryoshka over cached MNRL) on ``rows`` and the gradients it gives every weight."""
     torch.manual_seed(0)
-    model = build_model(ModelArguments(model_name_or_path=model_dir, torch_dtype="float32", max_pixels=36864))
+    model = build_model(model_dir, ModelLoadingArguments(torch_dtype="float32", max_pixels=36864))
     loss_args = LossArguments(matryoshka_dims=[64, 32, 16], mini_batch_size=2, gather_across_devices=gather)
     loss = build_loss(model, loss_args)
     features = [model.preprocess([row[column] for row in rows]) for column in COLUMNS]
@@ -69,11 +69,34 @@ def test_gathered_negatives_give_the_single_process_loss_and_gradients(tiny_mode
 def test_a_two_process_torchrun_run_trains_evaluates_once_and_saves_one_model(tmp_path, vdr_cache):
     output_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "train_vdr.py", "--config", "configs/quickstart.yaml", "--use_cpu", "true", "--output_dir", str(output_dir),
-        "--gather_across_devices", "true", "--num_generated_rows", "24", "--eval_split_size", "4",
-        "--eval_strategy", "no", "--per_device_train_batch_size", "4", "--max_steps", "2", "--save_steps", "2",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "train_vdr.py",
+        "--config",
+        "configs/quickstart.yaml",
+        "--use_cpu",
+        "true",
+        "--output_dir",
+        str(output_dir),
+        "--gather_across_devices",
+        "true",
+        "--num_generated_rows",
+        "24",
+        "--eval_split_size",
+        "4",
+        "--eval_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
@@ -99,13 +122,20 @@ def test_the_8b_fsdp_config_shards_every_layer_of_the_architecture(tiny_model_di
 
     from train_vdr import make_parser
 
-    arguments = ["--config", "configs/qwen3-vl-embedding-8b-vdr-fsdp.yaml", "--use_cpu", "true",
-                 "--fsdp", "--fsdp_config", "configs/fsdp/qwen3-vl-embedding-8b.json"]  # fmt: skip
+    arguments = [
+        "--config",
+        "configs/qwen3-vl-embedding-8b-vdr-fsdp.yaml",
+        "--use_cpu",
+        "true",
+        "--fsdp",
+        "--fsdp_config",
+        "configs/fsdp/qwen3-vl-embedding-8b.json",
+    ]
     training = make_parser().parse([str(REPO_ROOT / a) if a.startswith("configs/") else a for a in arguments])[4]
     plugin = FullyShardedDataParallelPlugin(**training.fsdp_plugin_args)
     assert plugin.fsdp_version == 2 and "SHARDED_STATE_DICT" in str(plugin.state_dict_type)
 
-    model = build_model(ModelArguments(model_name_or_path=str(tiny_model_dir), torch_dtype="float32"))
+    model = build_model(str(tiny_model_dir), ModelLoadingArguments(torch_dtype="float32"))
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     wrapped = [type(module).__name__ for module in model.modules() if policy(module)]
     backbone = model.transformers_model

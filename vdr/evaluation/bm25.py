@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vdr.data import RetrievalData, open_page
+from vdr.data.page_images import open_page
+from vdr.data.retrieval_sets import RetrievalData
 from vdr.errors import VdrError
-from vdr.scoring import TEXT, metrics_from_scores, result_record
+from vdr.evaluation.metrics import ModelScores, metrics_from_scores, result_record
+from vdr.evaluation.model_list import BM25_MODEL_ID, TEXT
 
 logger = logging.getLogger(__name__)
 
-#: The ``--model`` value that stands for the text baseline.
-BM25_MODEL_ID = "bm25"
 OCR_PACKAGE = "rapidocr-onnxruntime"
 
 
@@ -93,29 +93,30 @@ def page_texts(data: RetrievalData, dataset: str) -> list[str] | None:
     return [read(open_page(page)) for page in data.corpus.values()]
 
 
-def score_bm25(datasets: dict[str, RetrievalData]) -> tuple[list[dict], list[str], dict[str, dict]]:
-    """(records, datasets skipped for lack of text, statistics per dataset) of BM25 on every dataset."""
-    records, skipped, stats = [], [], {}
+def score_bm25(datasets: dict[str, RetrievalData]) -> ModelScores:
+    """BM25 on every dataset: its records (one per dataset, which are also its storage rows) and a note for each
+    dataset skipped for lack of page text."""
+    scores = ModelScores()
     for name, data in datasets.items():
         start = time.perf_counter()
         texts = page_texts(data, name)
         if texts is None:
-            skipped.append(name)
+            scores.notes.append(f"BM25 skipped on '{name}': no page text and no OCR package (see the log).")
             continue
         index = bm25_index(texts)
-        scores = bm25_scores(index, [str(query) for query in data.queries.values()])
+        bm25 = bm25_scores(index, [str(query) for query in data.queries.values()])
         page_bytes = round(index_bytes(index) / len(texts), 1)
-        records.append(
-            result_record(
-                BM25_MODEL_ID,
-                name,
-                None,  # no embedding dimension
-                data,
-                metrics_from_scores(scores, data, shuffle_ties=True),
-                kind=TEXT,
-                precision="bm25",
-                bytes_per_page=page_bytes,
-            )
+        record = result_record(
+            BM25_MODEL_ID,
+            name,
+            None,  # no embedding dimension
+            data,
+            metrics_from_scores(bm25, data, shuffle_ties=True),
+            kind=TEXT,
+            precision="bm25",
+            bytes_per_page=page_bytes,
         )
-        stats[name] = {"seconds": time.perf_counter() - start, "text_source": "dataset" if data.texts else "ocr"}
-    return records, skipped, stats
+        scores.records.append(record)
+        scores.storage.append(record)
+        scores.stats[name] = {"seconds": time.perf_counter() - start, "text_source": "dataset" if data.texts else "ocr"}
+    return scores

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from sentence_transformers.util.quantization import quantize_embeddings
 
-from vdr.config import STORAGE_PRECISIONS
-from vdr.data import RetrievalData
-from vdr.scoring import SINGLE_VECTOR, metrics_from_scores, result_record
+from vdr.data.retrieval_sets import RetrievalData
+from vdr.evaluation.arguments import STORAGE_PRECISIONS
+from vdr.evaluation.metrics import metrics_from_scores, result_record
+from vdr.evaluation.model_list import SINGLE_VECTOR
 
 PRECISIONS = STORAGE_PRECISIONS
 #: Rescoring reorders the top ``rescore_multiplier`` x this many binary hits: NDCG@10 is the headline metric.

@@ -58,7 +58,7 @@ TINY_MAX_PIXELS = 320 * 320
 
 def _tokenizer_corpus() -> list[str]:
     """Local text the tokenizer is trained on: the vocabulary of the generated pages plus prose."""
-    from vdr.pages import vocabulary_text
+    from vdr.offline.generated_pages import vocabulary_text
 
     return vocabulary_text()
 

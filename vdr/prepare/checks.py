@@ -15,9 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from vdr.data import BEIR_PARTS
-from vdr.documents import PageRecord
+from vdr.data.retrieval_sets import BEIR_PARTS
 from vdr.errors import VdrError
+from vdr.prepare.documents import PageRecord
 
 ROW_FILES = ("train.jsonl", "eval.jsonl")
 

@@ -20,7 +20,7 @@ import math
 import multiprocessing
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,14 +28,11 @@ from pathlib import Path
 from PIL import Image
 
 from vdr.errors import VdrError
+from vdr.prepare.output_files import PAGES_FILE, PAGES_FOLDER, SKIPPED_FILE, read_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
-
 PDF_SUFFIXES = {".pdf"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
-PAGES_FILE = "pages.jsonl"
-SKIPPED_FILE = "skipped_files.json"
-PAGES_FOLDER = "pages"
 #: Pages per task: small enough to spread one long document over every worker, large enough that opening the
 #: document again for each chunk costs little.
 CHUNK_PAGES = 8
@@ -344,24 +341,6 @@ def _unordered(pool: ProcessPoolExecutor | None, function, items: list) -> Itera
     futures = [pool.submit(function, item) for item in items]
     for future in as_completed(futures):
         yield future.result()
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    """Write rows as JSON lines (to a temporary file first, so a crash never leaves half a file); return the count."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    count = 0
-    with partial.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    os.replace(partial, path)
-    return count
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def read_pages(output_dir: str | Path) -> tuple[list[PageRecord], dict[str, str]]:

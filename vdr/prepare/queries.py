@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vdr.documents import PageRecord, read_jsonl
 from vdr.errors import VdrError
+from vdr.prepare.documents import PageRecord
+from vdr.prepare.output_files import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def _generate(
     from tqdm.auto import tqdm
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vdr.model import resolve_model_path
+    from vdr.models.loading import resolve_model_path
 
     path = resolve_model_path(settings.model)
     pixels = {"max_pixels": settings.max_pixels} if settings.max_pixels else {}

@@ -3,21 +3,26 @@ gathered whole for the final save when FSDP shards it. The training itself is th
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch.distributed as dist
 from sentence_transformers import SentenceTransformer
 
-T = TypeVar("T")
 
+@contextmanager
+def main_process_only(args: Any) -> Iterator[bool]:
+    """For work done once, on the main process: yields whether this is the main process, which does the work while
+    the others wait at a barrier after the block instead of repeating it. The barrier is reached even if the work
+    fails, so the others are released to stop with it rather than hang until the collective timeout.
 
-def on_main_process(args: Any, work: Callable[[], T]) -> T | None:
-    """Run ``work`` on the main process only (None elsewhere); the other processes wait at a barrier until it is
-    done instead of repeating it. The barrier is reached even if ``work`` fails, so the others are released to
-    stop with it rather than hang until the collective timeout."""
+        with main_process_only(training_args) as is_main:
+            if is_main:
+                ...
+    """
     try:
-        return work() if args.process_index == 0 else None
+        yield args.process_index == 0
     finally:
         if args.world_size > 1 and dist.is_initialized():
             dist.barrier()

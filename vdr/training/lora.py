@@ -13,64 +13,17 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 from transformers import PreTrainedModel
 
-from vdr.config import ModelArguments, looks_like_local_path
-from vdr.model import model_kwargs, resolve_model_path
-from vdr.training import save_final_model
+from vdr.hub import looks_like_local_path
+from vdr.models.loading import model_kwargs, resolve_model_path
+from vdr.training.arguments import LoraArguments, ModelArguments
+from vdr.training.run import save_final_model
 
 logger = logging.getLogger(__name__)
-
-# PEFT has no default target modules for Qwen3-VL. Language model: attention and MLP projections. Vision tower
-# (opt-in): attention and MLP of each block; the merger that projects into the language model is left alone.
-LANGUAGE_MODEL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-VISION_TARGETS = ["attn.qkv", "attn.proj", "mlp.linear_fc1", "mlp.linear_fc2"]
-
-
-@dataclass
-class LoraArguments:
-    """LoRA adapters instead of full finetuning (``--lora true``)."""
-
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters on a frozen model (needs peft)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank: the adapters' size and capacity."})
-    lora_alpha: float = field(default=32, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapters' input during training."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(LANGUAGE_MODEL_TARGETS),
-        metadata={"help": "Module name suffixes that get adapters. Default: the language model's projections."},
-    )
-    lora_vision: bool = field(
-        default=False,
-        metadata={
-            "help": "Also adapt the vision tower (attn.qkv, attn.proj, mlp.linear_fc1/2). Serving engines (vLLM) may "
-            "apply a Qwen3-VL LoRA to the language model only: use it with the merged final model."
-        },
-    )
-    lora_merge: bool = field(
-        default=True,
-        metadata={
-            "help": "Save the final model with the adapter merged into the weights (standalone). false: save the "
-            "adapter only (loading it needs the base model)."
-        },
-    )
-
-    def __post_init__(self):
-        if self.lora_r < 1:
-            raise ValueError(f"lora_r must be 1 or more, got {self.lora_r}.")
-        if self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be positive, got {self.lora_alpha}.")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        if self.lora and not self.lora_target_modules and not self.lora_vision:
-            raise ValueError("lora_target_modules is empty and lora_vision is false: no module would get an adapter.")
-
-    def target_modules(self) -> list[str]:
-        vision = [name for name in VISION_TARGETS if name not in self.lora_target_modules] if self.lora_vision else []
-        return [*self.lora_target_modules, *vision]
 
 
 def lora_config(args: LoraArguments, base_model: str, revision: str | None = None):
@@ -107,8 +60,13 @@ def add_lora_adapter(model: SentenceTransformer, lora_args: LoraArguments, model
     cast_adapter_dtype(backbone, adapter_name="default", autocast_adapter_dtype=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    logger.info("LoRA on %s: %d trainable parameters of %d (%.2f%%)", config.target_modules, trainable, total,
-                100 * trainable / total)  # fmt: skip
+    logger.info(
+        "LoRA on %s: %d trainable parameters of %d (%.2f%%)",
+        config.target_modules,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
 
 
 def has_lora_adapter(model: SentenceTransformer) -> bool:
