@@ -69,7 +69,7 @@ from vdr.evaluation.report import (
     plot_training_metrics,
     write_results,
 )
-from vdr.evaluation.retrieve_then_rerank import rerank_models
+from vdr.evaluation.retrieve_then_rerank import RerankResults, rerank_models
 from vdr.evaluation.single_vector import score_single_vector_model
 from vdr.evaluation.storage_report import storage_table, write_storage_report
 from vdr.models.embedder import build_model
@@ -123,7 +123,7 @@ def main(
             errors.append(f"{candidate.name}: {error}{hint}")
             logger.warning("Model '%s' could not be scored (the reason is reported at the end).", candidate.name)
             continue
-        write_outputs(output_dir, scored, {}, candidates, specs, loading, args, start)
+        write_outputs(output_dir, scored, None, candidates, specs, loading, args, start)
 
     # 4. Retrieve-then-rerank: each reranker reorders every model's top K pages ("model + reranker" records)
     reranked = None
@@ -135,9 +135,7 @@ def main(
             write_outputs(output_dir, scored, reranked, candidates, specs, loading, args, start)
 
     # 5. Plots and the summary tables
-    records = [record for scores in scored.values() for record in scores.records]
-    records += reranked.records if reranked else []
-    storage = [row for scores in scored.values() for row in scores.storage]
+    records, storage = all_records(scored, reranked), all_storage_rows(scored)
     write_plots(output_dir, records, candidates)
     if storage:
         print(storage_table(storage))
@@ -225,8 +223,17 @@ def failure_message(errors: list[str], num_models: int, results_dir: Path | None
     return f"{failed} Results of the others are in {results_dir}." if results_dir else failed
 
 
+def all_records(scored: dict[str, ModelScores], reranked: RerankResults | None) -> list[dict[str, Any]]:
+    """Every model's result records, then every "model + reranker"'s."""
+    return [record for scores in scored.values() for record in scores.records] + (reranked.records if reranked else [])
+
+
+def all_storage_rows(scored: dict[str, ModelScores]) -> list[dict[str, Any]]:
+    return [row for scores in scored.values() for row in scores.storage]
+
+
 def model_summaries(
-    scored: dict[str, ModelScores], reranked: Any, candidates: list[ModelCandidate]
+    scored: dict[str, ModelScores], reranked: RerankResults | None, candidates: list[ModelCandidate]
 ) -> dict[str, dict[str, Any]]:
     """What results.json says about each model (and each "model + reranker")."""
     paths = {candidate.name: candidate.path for candidate in candidates}
@@ -237,7 +244,7 @@ def model_summaries(
 def write_outputs(
     output_dir: Path,
     scored: dict[str, ModelScores],
-    reranked: Any,
+    reranked: RerankResults | None,
     candidates: list[ModelCandidate],
     specs: list[DatasetSpec],
     loading: ModelLoadingArguments,
@@ -245,9 +252,7 @@ def write_outputs(
     start: float,
 ) -> None:
     """results.json / .csv / .md and the storage report, from every model scored so far."""
-    records = [record for scores in scored.values() for record in scores.records]
-    records += reranked.records if reranked else []
-    storage = [row for scores in scored.values() for row in scores.storage]
+    storage = all_storage_rows(scored)
     notes = [note for scores in scored.values() for note in scores.notes]
     metadata = {
         "models": model_summaries(scored, reranked, candidates),
@@ -258,7 +263,7 @@ def write_outputs(
         "storage": storage,
         "notes": notes,
     }
-    write_results(output_dir, records, metadata)
+    write_results(output_dir, all_records(scored, reranked), metadata)
     write_storage_report(output_dir, storage, notes)  # appended to results.md
 
 

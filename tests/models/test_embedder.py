@@ -70,7 +70,7 @@ def test_folder_without_a_model_is_a_clear_error(tmp_path):
 
 def test_flash_attention_falls_back_to_sdpa_with_one_warning(caplog, monkeypatch):
     monkeypatch.setattr("vdr.models.loading._flash_attention_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="vdr.model"):
+    with caplog.at_level(logging.WARNING, logger="vdr.models.loading"):
         kwargs = model_kwargs(ModelLoadingArguments(attn_implementation="flash_attention_2", torch_dtype="bfloat16"))
     assert kwargs == {"attn_implementation": "sdpa", "dtype": "bfloat16"}
     assert len(caplog.records) == 1 and "pip install flash-attn" in caplog.records[0].getMessage()

@@ -53,7 +53,7 @@ class EvaluateArguments(SourceArguments):
             "beyond it pages are resized again. 0 keeps none."
         },
     )
-    # storage against quality, late interaction, text baseline (vdr/deployment.py)
+    # storage against quality (single_vector.py, quantization.py), late interaction (maxsim.py), text (bm25.py)
     precisions: list[str] = field(
         default_factory=lambda: list(STORAGE_PRECISIONS),
         metadata={

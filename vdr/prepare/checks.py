@@ -1,6 +1,6 @@
 """The report of a prepared dataset, and ``--validate``: the problems of any rows or BEIR dataset, by line.
 
-Validation reads files line by line itself (rather than through ``vdr.data``'s loaders, which stop at the first
+Validation reads files line by line itself (rather than through ``vdr.data.sources``' loaders, which stop at the first
 bad image) so that it can name every bad row, as a line number for JSON-lines files.
 """
 
