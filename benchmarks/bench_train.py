@@ -416,19 +416,10 @@ def end_to_end(args: argparse.Namespace, work: Path) -> None:
         str(args.mini_batch_size[-1]),
         "--per_device_train_batch_size",
         str(args.batch_size),
-        "--batch_sampler",
-        "no_duplicates",
-        "--num_train_epochs",
-        "1",
-        "--learning_rate",
-        "1e-4",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--report_to",
-        "none",
-        "--dataloader_pin_memory",
+        *(
+            "--batch_sampler no_duplicates --num_train_epochs 1 --learning_rate 1e-4 "
+            "--eval_strategy no --save_strategy no --report_to none --dataloader_pin_memory"
+        ).split(),
         str(on_gpu).lower(),
         "--seed",
         "42",

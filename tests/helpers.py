@@ -11,6 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from vdr.data.retrieval_sets import RetrievalData
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The page columns of the generated rows that the tests write as files.
 PAGE_COLUMNS = ("image", "negative_0")
@@ -68,3 +70,14 @@ def assert_clean_error(code: int, printed: str, message: str, expected_code: int
     assert message in printed, printed[-3000:]
     assert "Traceback" not in printed
     assert printed.count("error:") == 1  # one message, printed once
+
+
+def tiny_data(
+    num_queries: int, num_pages: int, relevant: list[int], texts: list[str] | None = None, queries: list[str] = ()
+) -> RetrievalData:
+    """A hand-made retrieval set: query q is relevant to page ``relevant[q]`` only; optional page and query texts."""
+    qrels = {q: {page: 1.0} for q, page in enumerate(relevant)}
+    corpus = {page: f"page {page}" for page in range(num_pages)}
+    page_texts = dict(enumerate(texts)) if texts else None
+    query_texts = dict(enumerate(queries)) if queries else {q: f"query {q}" for q in range(num_queries)}
+    return RetrievalData(query_texts, corpus, qrels, page_texts)

@@ -34,20 +34,9 @@ NO_MODEL = "./no-such-model-folder"
 
 
 # A short training run: no evaluation, two steps, a checkpoint at each.
-SMOKE = [
-    "--eval_split_size",
-    "0",
-    "--eval_strategy",
-    "no",
-    "--evaluate_base_model",
-    "false",
-    "--max_steps",
-    "2",
-    "--save_steps",
-    "1",
-    "--logging_steps",
-    "1",
-]
+SMOKE = (
+    "--eval_split_size 0 --eval_strategy no --evaluate_base_model false --max_steps 2 --save_steps 1 --logging_steps 1"
+).split()
 
 
 def out(folder: Path) -> list[str]:

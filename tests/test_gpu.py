@@ -19,14 +19,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
 RECIPE_GPU_FLAGS = [
-    "--bf16",
-    "true",
-    "--torch_dtype",
-    "bfloat16",
-    "--attn_implementation",
-    "flash_attention_2",
-    "--dataloader_pin_memory",
-    "true",
+    *("--bf16 true --torch_dtype bfloat16 --attn_implementation flash_attention_2 --dataloader_pin_memory true").split()
 ]
 
 
@@ -67,24 +60,11 @@ def test_lora_with_gradient_checkpointing_trains_in_bf16(tmp_path, vdr_cache):
         "--output_dir",
         str(tmp_path / "lora"),
         *RECIPE_GPU_FLAGS,
-        "--lora",
-        "true",
-        "--lora_vision",
-        "true",
-        "--gradient_checkpointing",
-        "true",
-        "--num_generated_rows",
-        "40",
-        "--eval_split_size",
-        "8",
-        "--eval_strategy",
-        "no",
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "8",
-        "--mini_batch_size",
-        "4",
+        *(
+            "--lora true --lora_vision true --gradient_checkpointing true "
+            "--num_generated_rows 40 --eval_split_size 8 --eval_strategy no --max_steps 2 "
+            "--per_device_train_batch_size 8 --mini_batch_size 4"
+        ).split(),
     ]
     metrics = train_vdr.main(*train_vdr.make_parser().parse(argv))
     assert metrics["final_ndcg@10"] is not None and (tmp_path / "lora" / "final").is_dir()
@@ -93,20 +73,11 @@ def test_lora_with_gradient_checkpointing_trains_in_bf16(tmp_path, vdr_cache):
 def test_bf16_evaluation_scores_like_float32_and_reranks(tmp_path, vdr_cache):
     """The same model scored in bf16 and in float32 on the GPU: NDCG@10 close; the reranker runs in bf16 too."""
     common = [
-        "--model",
-        "generated:tiny-qwen3-vl",
-        "--dataset",
-        "generated:pages",
-        "--num_generated_rows",
-        "32",
-        "--max_pixels",
-        "36864",
-        "--reranker",
-        "generated:tiny-qwen3-vl",
-        "--rerank_top_k",
-        "5",
-        "--no_cache",
-        "true",
+        *(
+            "--model generated:tiny-qwen3-vl --dataset generated:pages "
+            "--num_generated_rows 32 --max_pixels 36864 --reranker generated:tiny-qwen3-vl "
+            "--rerank_top_k 5 --no_cache true"
+        ).split()
     ]
     results = {}
     for dtype in ("float32", "bfloat16"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from sentence_transformers.util import cos_sim, dot_score
 
+from tests.helpers import tiny_data
 from vdr.data.retrieval_sets import RetrievalData
 from vdr.errors import VdrError
 from vdr.evaluation.metrics import metrics_from_scores, retrieval_scores, score_matrix_metrics
@@ -88,16 +89,6 @@ def test_fractional_grades_and_unknown_metrics_are_refused() -> None:
         score(DESCENDING, {0: {0: 0.5}})
     with pytest.raises(ValueError, match="Unknown metric 'f1@10'"):
         score(DESCENDING, {0: {0: 1}}, metrics=["f1@10"])
-
-
-def tiny_data(
-    num_queries: int, num_pages: int, relevant: list[int], texts: list[str] | None = None, queries: list[str] = ()
-) -> RetrievalData:
-    qrels = {q: {page: 1.0} for q, page in enumerate(relevant)}
-    corpus = {page: f"page {page}" for page in range(num_pages)}
-    page_texts = dict(enumerate(texts)) if texts else None
-    query_texts = dict(enumerate(queries)) if queries else {q: f"query {q}" for q in range(num_queries)}
-    return RetrievalData(query_texts, corpus, qrels, page_texts)
 
 
 def test_metrics_from_a_score_matrix_match_a_hand_computation():

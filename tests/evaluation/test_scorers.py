@@ -13,7 +13,7 @@ import torch
 
 import vdr.evaluation.bm25
 from evaluate_vdr import main, make_parser
-from vdr.data.retrieval_sets import RetrievalData
+from tests.helpers import tiny_data
 from vdr.evaluation.bm25 import bm25_index, bm25_scores, score_bm25
 from vdr.evaluation.encoding import Embeddings
 from vdr.evaluation.maxsim import maxsim_scores, multi_vector_records
@@ -25,16 +25,6 @@ from vdr.models.multi_vector import build_multi_vector_model, is_multi_vector_mo
 from vdr.offline.generated_pages import GENERATED_PAGES_ID
 
 MAX_PIXELS = 36864
-
-
-def tiny_data(
-    num_queries: int, num_pages: int, relevant: list[int], texts: list[str] | None = None, queries: list[str] = ()
-) -> RetrievalData:
-    qrels = {q: {page: 1.0} for q, page in enumerate(relevant)}
-    corpus = {page: f"page {page}" for page in range(num_pages)}
-    page_texts = dict(enumerate(texts)) if texts else None
-    query_texts = dict(enumerate(queries)) if queries else {q: f"query {q}" for q in range(num_queries)}
-    return RetrievalData(query_texts, corpus, qrels, page_texts)
 
 
 def test_quantized_scores_match_a_direct_computation():

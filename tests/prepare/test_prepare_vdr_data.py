@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,8 +19,8 @@ import pytest
 from fpdf import FPDF
 from PIL import Image, ImageDraw
 
+import prepare_vdr_data
 from prepare_vdr_data import main, make_parser
-from tests.helpers import REPO_ROOT
 from vdr.errors import VdrError
 from vdr.models.embedder import build_model
 from vdr.models.loading import ModelLoadingArguments
@@ -371,7 +368,7 @@ def test_report_counts(prepared):
     assert report["train"]["rows"] + report["eval"]["rows"] == len(queries)
 
 
-def test_validate_names_planted_problems_by_line(prepared, tmp_path):
+def test_validate_names_planted_problems_by_line(prepared, tmp_path, capfd):
     _, out, _ = prepared
     assert validate_dataset(out) == []
     rows = read_jsonl(out / "train.jsonl")[:3]
@@ -403,9 +400,11 @@ def test_validate_names_planted_problems_by_line(prepared, tmp_path):
         f"line 7: column 'image': unreadable image '{broken}'",
     ):
         assert expected in joined
-    result = run_cli("--validate", str(dataset))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "6 problem(s)" in result.stderr and "line 4: negative equal to its positive" in result.stdout
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_vdr_data.cli(["prepare_vdr_data.py", "--validate", str(dataset)])
+    out, err = capfd.readouterr()
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "6 problem(s)" in err and "line 4: negative equal to its positive" in out
 
 
 def test_validate_a_beir_folder(prepared, tmp_path):
@@ -442,25 +441,11 @@ def test_train_vdr_trains_on_the_output_and_evaluate_vdr_scores_it(prepared, tmp
                 str(out / "train.jsonl"),
                 "--eval_dataset",
                 str(out / "eval.jsonl"),
-                "--negative_columns",
-                "negative_0",
-                "negative_1",
-                "--matryoshka_dims",
-                "64",
-                "32",
-                "--max_steps",
-                "2",
-                "--per_device_train_batch_size",
-                "4",
-                "--max_pixels",
-                "36864",
-                "--torch_dtype",
-                "float32",
-                "--report_to",
-                "none",
-                "--dataloader_pin_memory",
-                "false",
-                "--output_dir",
+                *(
+                    "--negative_columns negative_0 negative_1 --matryoshka_dims 64 32 --max_steps 2 "
+                    "--per_device_train_batch_size 4 --max_pixels 36864 --torch_dtype float32 "
+                    "--report_to none --dataloader_pin_memory false --output_dir"
+                ).split(),
                 str(tmp_path / "run"),
                 "--save_strategy",
                 "no",
@@ -478,11 +463,7 @@ def test_train_vdr_trains_on_the_output_and_evaluate_vdr_scores_it(prepared, tmp
                 str(out / "eval.jsonl"),
                 "--dataset",
                 str(out / "eval-beir"),
-                "--max_pixels",
-                "36864",
-                "--no_cache",
-                "true",
-                "--output_dir",
+                *"--max_pixels 36864 --no_cache true --output_dir".split(),
                 str(tmp_path / "evaluation"),
             ]
         )
@@ -498,38 +479,3 @@ def test_train_vdr_trains_on_the_output_and_evaluate_vdr_scores_it(prepared, tmp
 
 
 # Bad input: one clear paragraph, exit code 2 -------------------------------------------------------------------
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "prepare_vdr_data.py", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def test_bad_input_gives_one_clear_error(tmp_path):
-    result = run_cli("--input_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"Input folder '{tmp_path / 'nowhere'}' does not exist" in result.stderr
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "readme.txt").write_text("no documents here")
-    with pytest.raises(VdrError, match="No PDFs or page images"):
-        run_prepare("--input_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out"))
-    with pytest.raises(VdrError, match="Query file .* does not exist"):
-        run_prepare(
-            "--input_dir",
-            str(tmp_path / "empty"),
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--queries",
-            "file",
-            "--queries_file",
-            str(tmp_path / "missing.csv"),
-            "--steps",
-            "queries",
-        )

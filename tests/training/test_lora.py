@@ -23,31 +23,11 @@ from vdr.training.lora import save_final
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
 # A short LoRA run: 2 steps of 4 rows, a checkpoint after each, no evaluation during training, a few eval pages
 SHORT_LORA_RUN = (
-    "--lora",
-    "true",
-    "--lora_vision",
-    "true",
-    "--gradient_checkpointing",
-    "true",
-    "--num_generated_rows",
-    "24",
-    "--eval_split_size",
-    "4",
-    "--evaluate_base_model",
-    "false",
-    "--eval_strategy",
-    "no",
-    "--per_device_train_batch_size",
-    "4",
-    "--mini_batch_size",
-    "4",
-    "--max_steps",
-    "2",
-    "--save_steps",
-    "1",
-    "--save_total_limit",
-    "2",
-)
+    "--lora true --lora_vision true --gradient_checkpointing true "
+    "--num_generated_rows 24 --eval_split_size 4 --evaluate_base_model false "
+    "--eval_strategy no --per_device_train_batch_size 4 --mini_batch_size 4 "
+    "--max_steps 2 --save_steps 1 --save_total_limit 2"
+).split()
 
 
 def run(output_dir: Path, *overrides: str) -> dict:

@@ -70,32 +70,15 @@ def test_a_two_process_torchrun_run_trains_evaluates_once_and_saves_one_model(tm
     output_dir = tmp_path / "run"
     command = [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "train_vdr.py",
-        "--config",
-        "configs/quickstart.yaml",
-        "--use_cpu",
-        "true",
-        "--output_dir",
+        *(
+            "-m torch.distributed.run --standalone --nproc_per_node 2 train_vdr.py "
+            "--config configs/quickstart.yaml --use_cpu true --output_dir"
+        ).split(),
         str(output_dir),
-        "--gather_across_devices",
-        "true",
-        "--num_generated_rows",
-        "24",
-        "--eval_split_size",
-        "4",
-        "--eval_strategy",
-        "no",
-        "--per_device_train_batch_size",
-        "4",
-        "--max_steps",
-        "2",
-        "--save_steps",
-        "2",
+        *(
+            "--gather_across_devices true --num_generated_rows 24 --eval_split_size 4 "
+            "--eval_strategy no --per_device_train_batch_size 4 --max_steps 2 --save_steps 2"
+        ).split(),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -123,13 +106,10 @@ def test_the_8b_fsdp_config_shards_every_layer_of_the_architecture(tiny_model_di
     from train_vdr import make_parser
 
     arguments = [
-        "--config",
-        "configs/qwen3-vl-embedding-8b-vdr-fsdp.yaml",
-        "--use_cpu",
-        "true",
-        "--fsdp",
-        "--fsdp_config",
-        "configs/fsdp/qwen3-vl-embedding-8b.json",
+        *(
+            "--config configs/qwen3-vl-embedding-8b-vdr-fsdp.yaml --use_cpu true "
+            "--fsdp --fsdp_config configs/fsdp/qwen3-vl-embedding-8b.json"
+        ).split()
     ]
     training = make_parser().parse([str(REPO_ROOT / a) if a.startswith("configs/") else a for a in arguments])[4]
     plugin = FullyShardedDataParallelPlugin(**training.fsdp_plugin_args)

@@ -113,16 +113,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, training_
     output_dir = tmp_path / "run"
     # a short run: 8 steps, checkpoints at 4 and 8, no evaluation during training
     short = (
-        "--max_steps",
-        "8",
-        "--save_steps",
-        "4",
-        "--save_total_limit",
-        "2",
-        "--eval_strategy",
-        "no",
-        "--evaluate_base_model",
-        "false",
+        *("--max_steps 8 --save_steps 4 --save_total_limit 2 --eval_strategy no --evaluate_base_model false").split(),
     )
     run_quickstart(output_dir, *short)
     make_it_look_interrupted(output_dir, "checkpoint-8")  # after step 4
