@@ -43,9 +43,9 @@ from typing import Any
 import torch
 
 from vdr.cache import TensorCache, default_cache_dir
-from vdr.cli import ConfigParser, configure_logging, run_cli
+from vdr.cli import ConfigParser, configure_logging, create_folder, run_cli
 from vdr.data.retrieval_sets import RetrievalData, load_retrieval_data
-from vdr.data.sources import DatasetSpec
+from vdr.data.sources import DatasetSpec, check_image_root
 from vdr.errors import VdrError
 from vdr.evaluation.arguments import EvaluateArguments, RerankArguments
 from vdr.evaluation.bm25 import score_bm25
@@ -56,6 +56,7 @@ from vdr.evaluation.model_list import (
     MULTI_VECTOR,
     TEXT,
     ModelCandidate,
+    check_rerankers,
     evaluation_dims,
     expand_models,
     model_kind,
@@ -63,6 +64,8 @@ from vdr.evaluation.model_list import (
     shared_default_dims,
 )
 from vdr.evaluation.report import (
+    PLOT_FILES,
+    clear_earlier_results,
     markdown_table,
     plot_ndcg_by_dim,
     plot_ndcg_by_model,
@@ -94,10 +97,16 @@ def main(
     rerank = rerank or RerankArguments()
     start = time.perf_counter()
 
-    # 1. Everything that can be checked without loading: output folder, dataset specs, model paths, dims
-    output_dir = check_output_dir(args.output_dir)
+    # 1. Everything that can be checked without loading: output folder, dataset specs, model and reranker paths, dims
+    output_dir = create_folder(args.output_dir, "the results")
+    clear_earlier_results(output_dir, args.overwrite_output_dir)
+    cache_dir = args.cache_dir or str(default_cache_dir() / "embeddings")
+    cache = TensorCache(None if args.no_cache else create_folder(cache_dir, "the embedding cache", "--cache_dir"))
+    check_image_root(args)
     specs = parse_dataset_specs(args.dataset)
     candidates = expand_models(args.model, args.all_checkpoints)
+    rerankers = expand_models(rerank.reranker, flag="--reranker")
+    check_rerankers(rerankers)
     shared_dims = shared_default_dims(candidates)
 
     # 2. Datasets: each loaded (and checked) once, shared by every model
@@ -108,7 +117,7 @@ def main(
     setup = EncodingSetup(
         batch_size=args.batch_size,
         page_cache=ResizedPageCache(args.preprocess_cache_mb << 20),
-        cache=TensorCache(None if args.no_cache else Path(args.cache_dir or default_cache_dir() / "embeddings")),
+        cache=cache,
     )
     scored: dict[str, ModelScores] = {}
     errors: list[str] = []
@@ -123,13 +132,14 @@ def main(
             errors.append(f"{candidate.name}: {error}{hint}")
             logger.warning("Model '%s' could not be scored (the reason is reported at the end).", candidate.name)
             continue
-        write_outputs(output_dir, scored, None, candidates, specs, loading, args, start)
+        if all_records(scored, None):  # a model may have produced none (BM25 on pages without text)
+            write_outputs(output_dir, scored, None, candidates, specs, loading, args, start)
 
     # 4. Retrieve-then-rerank: each reranker reorders every model's top K pages ("model + reranker" records)
     reranked = None
     first_stages = {name: scores for name, scores in scored.items() if scores.first_stage}
     if rerank.reranker and first_stages:
-        reranked = rerank_models(rerank, loading, datasets, first_stages, setup)
+        reranked = rerank_models(rerankers, rerank, loading, datasets, first_stages, setup)
         errors += reranked.errors
         if reranked.records:
             write_outputs(output_dir, scored, reranked, candidates, specs, loading, args, start)
@@ -142,6 +152,9 @@ def main(
     if errors:
         num_models = len(candidates) + len(rerank.reranker)
         raise VdrError(failure_message(errors, num_models, output_dir if records else None))
+    if not records:
+        notes = " ".join(note for scores in scored.values() for note in scores.notes)
+        raise VdrError(f"No model produced a result, so nothing was written. {notes}")
     return {"records": records, "models": model_summaries(scored, reranked, candidates)}
 
 
@@ -178,17 +191,6 @@ def score_candidate(
             torch.cuda.empty_cache()
 
 
-def check_output_dir(value: str) -> Path:
-    """Create the output folder now, so that a path that cannot hold results fails before anything loads."""
-    output_dir = Path(value).expanduser()
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # an existing file, a file among its parents, no permission
-        reason = "is an existing file" if output_dir.is_file() else f"cannot be created ({error.strerror})"
-        raise VdrError(f"--output_dir '{value}' {reason}. Give a folder path for the results.") from None
-    return output_dir
-
-
 def parse_dataset_specs(values: list[str]) -> list[DatasetSpec]:
     specs = [DatasetSpec.parse(value) for value in values]
     names = [spec.name for spec in specs]
@@ -206,15 +208,16 @@ def load_dataset(spec: DatasetSpec, args: EvaluateArguments) -> RetrievalData:
 
 def write_plots(output_dir: Path, records: list[dict], candidates: list[ModelCandidate]) -> None:
     if records:
-        plot_ndcg_by_dim(records, output_dir / "ndcg_by_dim.png")
+        plot_ndcg_by_dim(records, output_dir / PLOT_FILES["by_dim"])
         if len({record["model"] for record in records}) > 1:
-            plot_ndcg_by_model(records, output_dir / "ndcg_by_model.png")
+            plot_ndcg_by_model(records, output_dir / PLOT_FILES["by_model"])
         print(markdown_table(records))
     one_per_run = {candidate.training_run: candidate for candidate in candidates if candidate.training_run}
     for candidate in one_per_run.values():
         metrics = read_training_metrics(candidate)
         if metrics and metrics.get("final"):
-            plot_training_metrics(metrics, output_dir / f"training_{candidate.training_run.resolve().name}.png")
+            run = candidate.training_run.resolve().name
+            plot_training_metrics(metrics, output_dir / PLOT_FILES["training"].format(run=run))
 
 
 def failure_message(errors: list[str], num_models: int, results_dir: Path | None) -> str:

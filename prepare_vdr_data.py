@@ -6,16 +6,16 @@ pages (render every page) -> queries (text layer, a VLM, or your file) -> split 
 
 Usage:
     # Offline smoke run: text-layer queries, the tiny random model mines (the negatives mean nothing)
-    python prepare_vdr_data.py --input_dir docs/ --output_dir data/my-docs \\
+    python prepare_vdr_data.py --input_dir my-documents/ --output_dir data/my-docs \\
         --model_name_or_path generated:tiny-qwen3-vl --max_pixels 36864
 
     # Real run: queries written by an instruct VLM, negatives mined by the model you will finetune
-    python prepare_vdr_data.py --input_dir docs/ --output_dir data/my-docs --queries vlm \\
+    python prepare_vdr_data.py --input_dir my-documents/ --output_dir data/my-docs --queries vlm \\
         --query_model Qwen/Qwen3-VL-2B-Instruct --queries_per_page 2 --max_pixels 360000 --torch_dtype bfloat16
 
     # Your own queries (JSON-lines or CSV of query, document, page), then only some steps
-    python prepare_vdr_data.py --input_dir docs/ --output_dir data/my-docs --queries file --queries_file q.csv
-    python prepare_vdr_data.py --input_dir docs/ --output_dir data/my-docs --steps negatives report --num_negatives 2
+    python prepare_vdr_data.py --input_dir my-documents/ --output_dir data/my-docs --queries file --queries_file q.csv
+    python prepare_vdr_data.py --output_dir data/my-docs --steps negatives report --num_negatives 2
 
     # Check a dataset (this script's output folder, a rows file, or a BEIR folder); exit code 2 names bad rows
     python prepare_vdr_data.py --validate data/my-docs
@@ -31,12 +31,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from vdr.cli import ConfigParser, configure_logging, run_cli
+from vdr.cli import ConfigParser, configure_logging, create_folder, run_cli
 from vdr.errors import VdrError
 from vdr.models.loading import ModelLoadingArguments
-from vdr.prepare.arguments import PrepareArguments
+from vdr.prepare.arguments import PrepareArguments, check_prepare_run
 from vdr.prepare.checks import build_report, format_report, validate_dataset
-from vdr.prepare.documents import PageRecord, RenderSettings, read_pages, render_documents
+from vdr.prepare.documents import PageRecord, RenderSettings, check_some_pages, read_pages, render_documents
 from vdr.prepare.negatives import MiningStats, mine_negatives, mining_cache_folder, write_rows
 from vdr.prepare.output_files import (
     MINING_STATS_FILE,
@@ -50,7 +50,7 @@ from vdr.prepare.output_files import (
 from vdr.prepare.queries import (
     GenerationSettings,
     QueryStats,
-    check_query_file,
+    check_some_queries,
     file_queries,
     filter_by_retrieval,
     load_prompt_template,
@@ -71,12 +71,8 @@ def make_parser() -> ConfigParser:
 def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, Any]:
     if args.validate:
         return validate(args.validate)
-    if not args.output_dir or ("pages" in args.steps and not args.input_dir):
-        raise VdrError("Give --output_dir (and --input_dir, the folder of your documents, for the pages step).")
-    if "queries" in args.steps and args.queries == "file":
-        check_query_file(args.queries_file)  # before hours of rendering, not after
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_prepare_run(args)  # folders and the query file: before hours of rendering, not after
+    output_dir = create_folder(args.output_dir, "the pages, queries and datasets")
 
     @cache
     def embedding_model():  # loaded once, only by the steps that need it, exactly as train_vdr.py loads it
@@ -91,6 +87,7 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
         workers = args.num_workers or os.cpu_count() or 1
         render_documents(args.input_dir, output_dir, settings, workers)
     pages, skipped = read_pages(output_dir)
+    check_some_pages(pages, skipped, output_dir)  # before any model loads
 
     # 2. Queries: text layer (known-item), a vision-language model, or the user's file; optional retrieval filter
     if "queries" in args.steps:
@@ -102,6 +99,7 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
             stats.filter_top_k = args.filter_top_k
         write_jsonl(output_dir / QUERIES_FILE, queries)
         save_json(output_dir / QUERY_STATS_FILE, stats)
+        check_some_queries(queries, stats, args.queries)
 
     # 3. Split by document (deterministic under --seed); the eval documents' pages become the BEIR corpus
     if "split" in args.steps:
@@ -122,11 +120,12 @@ def main(args: PrepareArguments, loading: ModelLoadingArguments) -> dict[str, An
         for name in ("train", "eval"):
             documents = set(split[name])
             rows = [q for q in queries if q["document"] in documents]
-            if args.num_negatives:
+            if args.num_negatives and rows:  # no rows: no model to load
                 side_pages = [p for p in pages if p.document in documents]
                 rows = mine_negatives(rows, side_pages, embedding_model(), args, output_dir, cache_folder, mining)
-            if rows:
-                write_rows(output_dir / f"{name}.jsonl", rows, output_dir)
+            if rows:  # the eval rows carry each page's text for the text baseline
+                texts = {page.image: page.text for page in pages} if name == "eval" else None
+                write_rows(output_dir / f"{name}.jsonl", rows, output_dir, texts)
             else:
                 logger.warning(
                     "No %s rows, so %s.jsonl is not written: its %d document(s) have no queries, or too few pages "

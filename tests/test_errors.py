@@ -188,7 +188,8 @@ def test_resuming_a_finished_run_is_refused(tmp_path, capfd, vdr_cache):
     assert (output_dir / "metrics.json").read_text() == "{}"
 
 
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, vdr_cache):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_a_scheduler_stops_cleanly_and_says_how_to_resume(tmp_path, vdr_cache, stop):
     output_dir = tmp_path / "run"
     argv = ["train_vdr.py", "--config", "configs/quickstart.yaml", "--output_dir", str(output_dir), *SMOKE]
     argv[argv.index("--max_steps") + 1] = "1000"  # long enough to be interrupted
@@ -199,7 +200,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, vdr_cache):
     deadline = time.monotonic() + 240
     while not (output_dir / "checkpoint-2").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
@@ -385,3 +386,329 @@ def test_prepare_bad_input_gives_one_clear_error(tmp_path, vdr_cache):
             "--steps",
             "queries",
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input that once gave a wrong result, a traceback or a dead end
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def must_not_load(*args, **kwargs):
+    raise AssertionError("a model was loaded before the input was checked")
+
+
+def no_model_may_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every way the scripts load a model fails the test: what is checked must be checked before that."""
+    for module in (evaluate_vdr, train_vdr):
+        for loader in ("build_model", "build_multi_vector_model", "build_trainable_model"):
+            if hasattr(module, loader):
+                monkeypatch.setattr(module, loader, must_not_load)
+    monkeypatch.setattr("vdr.models.embedder.build_model", must_not_load)
+
+
+def beir_folder(folder: Path, rows: list[dict], corpus_ids: list[str] | None = None, **columns) -> Path:
+    """A small BEIR-layout set (corpus.jsonl with image paths, queries.jsonl, qrels.jsonl) from generated rows: query
+    i is relevant to page i. ``corpus_ids`` / ``query_ids`` / ``scores`` replace the defaults to plant a problem."""
+    (folder / "pages").mkdir(parents=True)
+    corpus_ids = corpus_ids or [f"p{i}" for i in range(len(rows))]
+    query_ids = columns.get("query_ids") or [f"q{i}" for i in range(len(rows))]
+    scores = columns.get("scores") or [1] * len(rows)
+    corpus = []
+    for index, (row, corpus_id) in enumerate(zip(rows, corpus_ids)):
+        row["image"].save(folder / "pages" / f"{index}.png")
+        corpus.append({"corpus-id": corpus_id, "image": f"pages/{index}.png"})
+    queries = [{"query-id": qid, "query": row["query"]} for qid, row in zip(query_ids, rows)]
+    qrels = [{"query-id": qid, "corpus-id": cid, "score": s} for qid, cid, s in zip(query_ids, corpus_ids, scores)]
+    for name, records in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return folder
+
+
+@pytest.mark.parametrize("part", ["corpus", "queries"])
+def test_duplicate_ids_in_a_beir_set_are_refused(tmp_path, capfd, monkeypatch, generated_rows, part):
+    ids = {"corpus": {"corpus_ids": ["p0", "p1", "p0", "p3"]}, "queries": {"query_ids": ["q0", "q1", "q1", "q3"]}}
+    folder = beir_folder(tmp_path / "beir", generated_rows[:4], **ids[part])
+    no_model_may_load(monkeypatch)
+    argv = ["--model", "generated:tiny-qwen3-vl", "--dataset", str(folder), "--output_dir", str(tmp_path / "out")]
+    code, printed = run_script(evaluate_vdr, argv, capfd)
+    duplicate = "p0" if part == "corpus" else "q1"
+    assert_clean_error(code, printed, f"the id '{duplicate}' appears 2 times in the {part} (records ")
+    assert f"{folder / part}.jsonl" in printed  # names the file
+
+
+def test_an_embedding_model_is_refused_as_a_reranker(tmp_path, capfd, monkeypatch, st_model_dir):
+    no_model_may_load(monkeypatch)
+    argv = ["--model", "generated:tiny-qwen3-vl", "--reranker", str(st_model_dir), "--dataset", "generated:pages"]
+    code, printed = run_script(evaluate_vdr, [*argv, "--output_dir", str(tmp_path / "out")], capfd)
+    assert_clean_error(code, printed, f"--reranker '{st_model_dir}' is an embedding model")
+
+
+def test_a_reranker_folder_without_a_model_is_named_as_a_reranker_before_anything_loads(tmp_path, capfd, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    no_model_may_load(monkeypatch)
+    argv = ["--model", "generated:tiny-qwen3-vl", "--reranker", str(tmp_path / "empty"), "--dataset", "generated:pages"]
+    code, printed = run_script(evaluate_vdr, [*argv, "--output_dir", str(tmp_path / "out")], capfd)
+    assert_clean_error(code, printed, f"--reranker '{tmp_path / 'empty'}' holds no model")
+
+
+def fake_checkpoint(folder: Path, missing: tuple[str, ...] = ()) -> Path:
+    """A checkpoint folder as the trainer writes it (files with stand-in contents), without ``missing``."""
+    folder.mkdir(parents=True)
+    for name in ("model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        if name not in missing:
+            (folder / name).write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize("missing", ["optimizer.pt", "scheduler.pt", "model.safetensors", "trainer_state.json"])
+def test_resuming_from_an_incomplete_checkpoint_is_refused_and_the_intact_one_named(tmp_path, capfd, missing):
+    run = tmp_path / "run"
+    fake_checkpoint(run / "checkpoint-2")
+    fake_checkpoint(run / "checkpoint-4", missing=(missing,))
+    argv = ["--model_name_or_path", NO_MODEL, "--output_dir", str(run), "--resume_from_checkpoint", "last"]
+    code, printed = run_script(train_vdr, argv, capfd)
+    assert_clean_error(code, printed, f"'{run / 'checkpoint-4'}' has no {missing}")
+    assert f"--resume_from_checkpoint {run / 'checkpoint-2'}" in printed  # the newest intact one
+
+
+def test_resuming_from_a_folder_that_is_not_a_checkpoint_is_refused(tmp_path, capfd):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    argv = ["--model_name_or_path", NO_MODEL, "--output_dir", str(tmp_path / "run")]
+    code, printed = run_script(train_vdr, [*argv, "--resume_from_checkpoint", str(tmp_path / "notes")], capfd)
+    assert_clean_error(code, printed, f"'{tmp_path / 'notes'}' is not a training checkpoint")
+
+
+def evaluate_bm25(output_dir: Path, capfd, *extra: str) -> tuple[int, str]:
+    """evaluate_vdr.py with the BM25 baseline alone on a few generated pages: results in seconds, no model."""
+    argv = ["--model", "bm25", "--dataset", "generated:pages", "--num_generated_rows", "4"]
+    return run_script(evaluate_vdr, [*argv, "--output_dir", str(output_dir), *extra], capfd)
+
+
+def test_a_second_evaluation_never_mixes_with_the_first_in_one_output_dir(tmp_path, capfd, vdr_cache):
+    out = tmp_path / "eval"
+    assert evaluate_bm25(out, capfd)[0] == 0
+    (out / "training_base.png").write_bytes(b"a plot of the first run")
+    first = (out / "results.json").read_text()
+    code, printed = evaluate_bm25(out, capfd, "--num_generated_rows", "5")
+    assert_clean_error(code, printed, f"--output_dir '{out}' already holds the results of an earlier evaluation")
+    assert (out / "results.json").read_text() == first  # nothing replaced
+    code, printed = evaluate_bm25(out, capfd, "--num_generated_rows", "5", "--overwrite_output_dir", "true")
+    assert code == 0, printed[-2000:]
+    assert json.loads((out / "results.json").read_text())["results"][0]["num_queries"] == 5
+    assert not (out / "training_base.png").exists()  # the first run's files are gone, not mixed in
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max_pixels", "-5", "max_pixels must be 1 or more, got -5"),
+        ("--max_pixels", "0", "max_pixels must be 1 or more, got 0"),
+        ("--min_pixels", "0", "min_pixels must be 1 or more, got 0"),
+        ("--learning_rate", "-1", "--learning_rate must be 0 or more, got -1.0"),
+    ],
+)
+def test_bad_numbers_are_refused_before_the_model_loads(tmp_path, capfd, flag, value, message):
+    argv = ["--model_name_or_path", NO_MODEL, "--output_dir", str(tmp_path / "out"), flag, value]
+    code, printed = run_script(train_vdr, argv, capfd)
+    assert_clean_error(code, printed, message)
+
+
+def test_pixel_bounds_are_checked_in_every_script(tmp_path, capfd):
+    argv = ["--model", "bm25", "--dataset", "generated:pages", "--max_pixels", "0"]
+    code, printed = run_script(evaluate_vdr, [*argv, "--output_dir", str(tmp_path / "out")], capfd)
+    assert_clean_error(code, printed, "max_pixels must be 1 or more, got 0")
+    code, printed = run_script(prepare_vdr_data, ["--validate", str(tmp_path), "--min_pixels", "-1"], capfd)
+    assert_clean_error(code, printed, "min_pixels must be 1 or more, got -1")
+
+
+@pytest.mark.parametrize("script", ["train_vdr", "prepare_vdr_data"])
+def test_an_output_dir_that_cannot_be_created_is_refused(tmp_path, capfd, script):
+    (tmp_path / "a-file").write_text("")
+    target = tmp_path / "a-file" / "out"
+    module = {"train_vdr": train_vdr, "prepare_vdr_data": prepare_vdr_data}[script]
+    argv = {
+        "train_vdr": ["--model_name_or_path", NO_MODEL, "--output_dir", str(target)],
+        "prepare_vdr_data": ["--input_dir", str(tmp_path), "--output_dir", str(target)],
+    }[script]
+    code, printed = run_script(module, argv, capfd)
+    assert_clean_error(code, printed, f"--output_dir '{target}' cannot be created")
+
+
+def test_a_qrels_score_that_is_not_a_number_is_named(tmp_path, capfd, monkeypatch, generated_rows):
+    folder = beir_folder(tmp_path / "beir", generated_rows[:3], scores=[1, "high", 2])
+    no_model_may_load(monkeypatch)
+    argv = ["--model", "generated:tiny-qwen3-vl", "--dataset", str(folder), "--output_dir", str(tmp_path / "out")]
+    code, printed = run_script(evaluate_vdr, argv, capfd)
+    assert_clean_error(code, printed, f"{folder / 'qrels.jsonl'}: record 2, column 'score': 'high' is not a number")
+
+
+def test_invalid_json_in_a_json_lines_file_names_its_line(jsonl_rows, capfd):
+    folder, rows = jsonl_rows
+    data = folder / "train.jsonl"
+    lines = [json.dumps(row) for row in rows]
+    lines.insert(4, '{"query": "unfinished", "image": ')
+    data.write_text("\n".join(lines) + "\n")
+    code, printed = run_script(train_vdr, ["--config", QUICKSTART, "--train_dataset", str(data), *out(folder)], capfd)
+    assert_clean_error(code, printed, f"{data}: line 5 is not valid JSON")
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path, capfd, encoding):
+    config = tmp_path / "config.yaml"
+    config.write_bytes("query_prompt: Résumé\n".encode(encoding))
+    code, printed = run_script(train_vdr, ["--config", str(config), *out(tmp_path)], capfd)
+    assert_clean_error(code, printed, f"Config file '{config}' is not UTF-8 text")
+
+
+def test_a_data_file_that_is_not_utf8_names_the_file_and_line(jsonl_rows, capfd):
+    folder, rows = jsonl_rows
+    rows[1]["query"] = "Résumé of Q3"
+    data = folder / "train.jsonl"
+    data.write_bytes("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("latin-1"))
+    code, printed = run_script(train_vdr, ["--config", QUICKSTART, "--train_dataset", str(data), *out(folder)], capfd)
+    assert_clean_error(code, printed, f"{data}: line 2 is not UTF-8 text")
+
+
+def test_a_beir_folder_as_training_data_is_refused_before_anything_is_written(tmp_path, capfd, generated_rows):
+    folder = beir_folder(tmp_path / "eval-beir", generated_rows[:3])
+    argv = ["--config", QUICKSTART, "--eval_split_size", "0", "--eval_dataset", str(folder), *out(tmp_path)]
+    code, printed = run_script(train_vdr, argv, capfd)
+    assert_clean_error(code, printed, f"--eval_dataset '{folder}' is a BEIR-layout evaluation set")
+    assert not (tmp_path / "out").exists()  # run_config.json not written either
+
+
+def test_training_into_the_data_folder_is_refused(jsonl_rows, capfd):
+    folder, rows = jsonl_rows
+    data = write_jsonl(folder / "train.jsonl", rows)
+    argv = [
+        "--config",
+        QUICKSTART,
+        "--train_dataset",
+        data,
+        "--output_dir",
+        str(folder),
+        "--model_name_or_path",
+        NO_MODEL,
+    ]
+    code, printed = run_script(train_vdr, argv, capfd)
+    assert_clean_error(code, printed, f"--output_dir '{folder}' is the folder of the training data")
+    assert sorted(path.name for path in folder.iterdir()) == ["pages", "train.jsonl"]  # nothing written beside it
+
+
+def test_a_model_that_scores_nothing_does_not_stop_the_others(
+    tmp_path, capfd, monkeypatch, st_model_dir, generated_rows
+):
+    # page images without any text: BM25 has nothing to index and no OCR package to read them with
+    monkeypatch.setattr("vdr.evaluation.bm25.ocr_reader", lambda: None)
+    folder = beir_folder(tmp_path / "beir", generated_rows[:4])
+    argv = ["--model", "bm25", "--model", str(st_model_dir), "--dataset", str(folder), "--max_pixels", "36864"]
+    code, printed = run_script(evaluate_vdr, [*argv, "--output_dir", str(tmp_path / "out")], capfd)
+    assert code == 0 and "Traceback" not in printed, printed[-3000:]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {record["model"] for record in saved["results"]} == {"tiny-st"}
+    assert "BM25 skipped on 'beir'" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_folder_of_only_unreadable_files_stops_before_any_model_loads(tmp_path, capfd, monkeypatch):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4\n" + b"\x00garbage" * 50)
+    (docs / "empty.pdf").write_bytes(b"")
+    no_model_may_load(monkeypatch)
+    argv = ["--input_dir", str(docs), "--output_dir", str(tmp_path / "out"), "--num_workers", "1"]
+    code, printed = run_script(prepare_vdr_data, argv, capfd)
+    assert_clean_error(code, printed, "None of the 2 file(s) under")
+    assert "broken.pdf: it is corrupt" in printed and "empty.pdf: it is empty" in printed
+    assert (tmp_path / "out" / "skipped_files.json").is_file()  # the reasons are kept
+
+
+def test_prepare_refuses_to_write_into_the_input_folder(tmp_path, capfd):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "report.pdf").write_bytes(b"%PDF-1.4")
+    argv = ["--input_dir", str(tmp_path / "docs"), "--output_dir", str(tmp_path / "docs")]
+    code, printed = run_script(prepare_vdr_data, argv, capfd)
+    assert_clean_error(code, printed, "--output_dir is the --input_dir itself")
+    assert sorted(path.name for path in (tmp_path / "docs").iterdir()) == ["report.pdf"]
+
+
+def test_a_query_file_that_is_not_utf8_names_the_file(tmp_path, capfd):
+    queries = tmp_path / "queries.csv"
+    queries.write_bytes("query,document,page\nrésumé,report.pdf,1\n".encode("latin-1"))
+    argv = ["--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--steps", "queries"]
+    code, printed = run_script(prepare_vdr_data, [*argv, "--queries", "file", "--queries_file", str(queries)], capfd)
+    assert_clean_error(code, printed, f"Query file '{queries}' is not UTF-8 text")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# More bad input, found by trying what users get wrong
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--torch_dtype", "float8"], "torch_dtype must be one of auto, bfloat16, float16, float32, got 'float8'"),
+        (["--attn_implementation", "flash"], "attn_implementation must be one of eager, sdpa, flash_attention_2"),
+        (["--num_train_epochs", "0"], "--num_train_epochs 0.0 trains nothing"),
+        (["--report_to", "wandb"], "--report_to wandb: wandb is not installed"),
+        (
+            ["--push_to_hub", "true", "--hub_model_id", "you/your model"],
+            "--hub_model_id 'you/your model' is not a valid",
+        ),
+        (["--negative_columns", "image"], "the query, positive and negative columns must differ; image is given"),
+        (["--image_root", "./no-such-folder"], "--image_root './no-such-folder' is not a folder"),
+    ],
+)
+def test_more_bad_training_values_are_refused_before_the_model_loads(tmp_path, capfd, flags, message):
+    code, printed = run_script(train_vdr, [*out(tmp_path), *flags], capfd)
+    assert_clean_error(code, printed, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluating_on_the_training_data_is_refused(jsonl_rows, capfd):
+    folder, rows = jsonl_rows
+    data = write_jsonl(folder / "train.jsonl", rows)
+    argv = ["--config", QUICKSTART, "--train_dataset", data, "--eval_split_size", "0", "--eval_dataset", data]
+    code, printed = run_script(train_vdr, [*argv, *out(folder)], capfd)
+    assert_clean_error(code, printed, f"--eval_dataset is the training data itself ('{data}')")
+
+
+def test_a_config_folder_is_named_as_a_folder(tmp_path, capfd):
+    code, printed = run_script(train_vdr, ["--config", str(tmp_path), *out(tmp_path)], capfd)
+    assert_clean_error(code, printed, f"Config file '{tmp_path}' is a folder")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cache_dir", "{file}"], "--cache_dir '{file}' is an existing file"),
+        (["--num_generated_rows", "0"], "num_generated_rows must be 1 or more, got 0"),
+        (["--dataset", "https://example.com/pages.jsonl"], "is a URL: datasets are read from local files"),
+        (["--image_root", "{missing}"], "--image_root '{missing}' is not a folder"),
+    ],
+)
+def test_more_bad_evaluation_values_are_refused_before_the_model_loads(tmp_path, capfd, monkeypatch, flags, message):
+    (tmp_path / "file").write_text("")
+    paths = {"file": tmp_path / "file", "missing": tmp_path / "missing"}
+    flags, message = [flag.format(**paths) for flag in flags], message.format(**paths)
+    no_model_may_load(monkeypatch)
+    argv = ["--model", "generated:tiny-qwen3-vl", "--output_dir", str(tmp_path / "out"), "--num_generated_rows", "4"]
+    argv += [*flags] if "--dataset" in flags else ["--dataset", "generated:pages", *flags]  # the flag's value last
+    code, printed = run_script(evaluate_vdr, argv, capfd)
+    assert_clean_error(code, printed, message)
+
+
+def test_pages_with_no_text_give_no_text_queries_and_say_so(tmp_path, capfd, generated_rows):
+    (tmp_path / "scans").mkdir()
+    generated_rows[0]["image"].save(tmp_path / "scans" / "scan.png")  # an image: no text layer
+    argv = ["--input_dir", str(tmp_path / "scans"), "--output_dir", str(tmp_path / "out"), "--num_workers", "1"]
+    code, printed = run_script(prepare_vdr_data, argv, capfd)
+    assert_clean_error(code, printed, "No query was made from the 1 page(s) with --queries text: 1 of the 1 page(s)")
+    assert "--queries vlm" in printed
+
+
+def test_a_resolution_of_zero_is_refused_rather_than_reported_as_corrupt_pdfs(tmp_path, capfd):
+    argv = ["--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--max_dpi", "0"]
+    code, printed = run_script(prepare_vdr_data, argv, capfd)
+    assert_clean_error(code, printed, "max_dpi must be above 0, got 0.0")

@@ -114,3 +114,17 @@ class TensorCache:
         temporary = path.with_name(f".{path.stem}-{os.getpid()}.tmp")
         torch.save(value, temporary)
         temporary.replace(path)  # atomic: a killed run never leaves a half-written entry
+
+
+def discard_damaged_arrays(folder: Path) -> None:
+    """Remove the ``.npy`` files in ``folder`` that do not load whole (a run killed while writing one, a full disk),
+    with a warning: the library that reads them (``mine_hard_negatives``' cache) would fail on every later run,
+    while without them it computes the arrays again."""
+    import numpy as np
+
+    for path in sorted(Path(folder).glob("*.npy")):
+        try:
+            np.load(path, mmap_mode="r")  # reads the header and checks the file holds all the data it announces
+        except (ValueError, OSError, EOFError) as error:
+            logger.warning("Ignoring the damaged cache file %s (%s); it will be computed again.", path, error)
+            path.unlink(missing_ok=True)

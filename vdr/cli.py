@@ -12,6 +12,7 @@ import argparse
 import difflib
 import logging
 import re
+import signal
 import sys
 import typing
 import warnings
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from vdr.errors import Interrupted, VdrError
+from vdr.errors import Interrupted, VdrError, not_utf8
 
 #: Keys the scripts once read and now refuse, with what to do instead.
 RETIRED_KEYS = {
@@ -159,13 +160,29 @@ def _config_path(argv: list[str]) -> Path | None:
     return None
 
 
+def create_folder(value: str, what: str, flag: str = "--output_dir") -> Path:
+    """Create a folder a script writes to (its ``--output_dir``, a cache) now, so that a path that cannot hold
+    ``what`` fails before anything loads (a path under a file, a read-only or missing place), with one message."""
+    folder = Path(value).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # an existing file, a file among its parents, no permission, a read-only file system
+        reason = "is an existing file" if folder.is_file() else f"cannot be created ({error.strerror})"
+        raise VdrError(f"{flag} '{value}' {reason}. Give a folder path for {what}.") from None
+    return folder
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a flat YAML mapping of argument names to values, with a clear error for a bad file."""
     path = Path(path)
+    if path.is_dir():
+        raise VdrError(f"Config file '{path}' is a folder. Pass a YAML file to --config, e.g. configs/quickstart.yaml.")
     if not path.is_file():
         raise VdrError(f"Config file '{path}' does not exist. Pass an existing YAML file to --config.")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as error:
+        raise not_utf8(f"Config file '{path}'", error) from None
     except yaml.YAMLError as error:
         raise VdrError(f"Config file '{path}' is not valid YAML: {error}") from None
     if not isinstance(values, dict):
@@ -188,17 +205,23 @@ class RepeatableFlag(argparse._ExtendAction):
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's ``main`` and exit with a short message, not a traceback, on a ``VdrError``.
 
-    Exit codes: 2 for bad input, 3 when only the Hub push failed, 130 for Ctrl-C. Anything else is a bug (or an
-    infrastructure failure) and keeps its full traceback.
+    Exit codes: 2 for bad input, 3 when only the Hub push failed, 130 for Ctrl-C or SIGTERM (what a job scheduler
+    sends to preempt a run: it stops as cleanly as Ctrl-C, checkpoints kept and the resume command printed). Anything
+    else is a bug (or an infrastructure failure) and keeps its full traceback.
     """
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except VdrError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C).", file=sys.stderr)
+        print("error: interrupted (Ctrl-C or SIGTERM).", file=sys.stderr)
         sys.exit(Interrupted.exit_code)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def configure_logging() -> None:

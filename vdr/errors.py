@@ -23,3 +23,11 @@ class Interrupted(VdrError):
     """The user pressed Ctrl-C; the message says what can be resumed."""
 
     exit_code = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def not_utf8(what: str, error: UnicodeDecodeError) -> VdrError:
+    """The one message for an input that is not UTF-8 text: what it is, where the first bad byte is, what to do."""
+    return VdrError(
+        f"{what} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}: it was saved in "
+        "another encoding, such as Latin-1 or UTF-16). Save it as UTF-8 (in a spreadsheet, 'CSV UTF-8')."
+    )

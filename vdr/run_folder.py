@@ -36,6 +36,27 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("checkpoint-*"), key=step)
 
 
+#: What resuming from a checkpoint needs, each as the file names that can hold it: without the optimizer or
+#: scheduler state a resumed run would silently restart Adam's moments and the learning-rate schedule.
+CHECKPOINT_PARTS = {
+    "model.safetensors": (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "adapter_model.safetensors",
+        "adapter_model.bin",
+    ),
+    "trainer_state.json": ("trainer_state.json",),
+    "optimizer.pt": ("optimizer.pt", "optimizer.bin"),
+    "scheduler.pt": ("scheduler.pt",),
+}
+
+
+def missing_checkpoint_parts(folder: Path) -> list[str]:
+    """What a checkpoint folder lacks to resume from (empty: it is whole)."""
+    return [part for part, names in CHECKPOINT_PARTS.items() if not any((folder / name).exists() for name in names)]
+
+
 def write_training_info(final_dir: Path, matryoshka_dims: list[int]) -> None:
     (final_dir / TRAINING_INFO_FILE).write_text(json.dumps({"matryoshka_dims": matryoshka_dims}, indent=2))
 

@@ -64,7 +64,7 @@ def test_evaluate_reports_retrieve_then_rerank_beside_the_model(reranker_quickst
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "| tiny-qwen3-vl |" in table and "| tiny-qwen3-vl + run |" in table
     # Again: every pair comes from the score cache, and the figures are the same
-    again = evaluate_main(*evaluate_parser().parse(argv))
+    again = evaluate_main(*evaluate_parser().parse([*argv, "--overwrite_output_dir", "true"]))
     assert again["models"]["tiny-qwen3-vl + run"]["stats"]["pages"]["pairs_scored"] == 0
     assert again["records"][1]["metrics"] == reranked["metrics"]
 

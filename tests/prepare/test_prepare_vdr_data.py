@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pypdfium2 as pdfium
 import pytest
 from fpdf import FPDF
@@ -21,6 +27,7 @@ from PIL import Image, ImageDraw
 
 import prepare_vdr_data
 from prepare_vdr_data import main, make_parser
+from tests.helpers import REPO_ROOT
 from vdr.errors import VdrError
 from vdr.models.embedder import build_model
 from vdr.models.loading import ModelLoadingArguments
@@ -479,3 +486,97 @@ def test_train_vdr_trains_on_the_output_and_evaluate_vdr_scores_it(prepared, tmp
 
 
 # Bad input: one clear paragraph, exit code 2 -------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Robustness: damaged caches, odd files, a killed run, and the text a baseline needs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_csv_query_file_with_a_byte_order_mark_is_read(prepared, tmp_path):
+    _, out, _ = prepared
+    pages, skipped = read_pages(out)
+    spreadsheet = tmp_path / "queries.csv"  # as Excel's "CSV UTF-8" writes it: a BOM before the header
+    spreadsheet.write_bytes("query,document,page\nnorthwind carbon,reports/northwind.pdf,1\n".encode("utf-8-sig"))
+    rows, _ = file_queries(spreadsheet, pages, skipped)
+    assert [(row["query"], row["page"]) for row in rows] == [("northwind carbon", 1)]
+
+
+def test_symlink_loops_and_dangling_links_are_skipped_with_their_reason(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page_image("a page").save(docs / "good.png")
+    (docs / "gone.pdf").symlink_to(docs / "deleted.pdf")  # dangling
+    (docs / "loop.pdf").symlink_to(docs / "loop.pdf")  # points at itself
+    (docs / "cycle").symlink_to(docs)  # a folder link back up the tree
+    out = tmp_path / "out"
+    run_prepare("--input_dir", str(docs), "--output_dir", str(out), "--steps", "pages", "--num_workers", "1")
+    pages, skipped = read_pages(out)
+    assert [page.source for page in pages] == ["good.png"]
+    assert "link" in skipped["gone.pdf"] and "link" in skipped["loop.pdf"]
+
+
+def test_a_truncated_mining_cache_is_rebuilt(prepared, tmp_path, caplog):
+    _, out, _ = prepared
+    copy = Path(shutil.copytree(out, tmp_path / "out"))
+    # the query embeddings are reused by a re-run (the corpus's are keyed by the pages' paths, which the copy moved)
+    cached = sorted((copy / "cache" / "mining").rglob("query_embeddings_*.npy"))
+    assert cached
+    cached[0].write_bytes(cached[0].read_bytes()[:100])  # what a kill mid-write or a full disk leaves
+    steps = ["--steps", "negatives", "--num_negatives", "2", "--model_name_or_path", TINY, *FAST]
+    with caplog.at_level("WARNING"):
+        run_prepare("--output_dir", str(copy), *steps)
+    assert "damaged" in caplog.text and str(cached[0]) in caplog.text
+    assert read_jsonl(copy / "train.jsonl") == read_jsonl(out / "train.jsonl")  # the same negatives again
+    assert np.load(cached[0]).ndim == 2  # rebuilt whole
+
+
+def test_the_eval_sets_carry_each_pages_text_for_a_text_baseline(prepared):
+    _, out, _ = prepared
+    texts = {page.image: page.text for page in read_pages(out)[0]}
+    for row in read_jsonl(out / "eval.jsonl"):
+        assert row["image_text"] == texts[row["image"].removeprefix("./")]
+        assert row["negative_0_text"] == texts[row["negative_0"].removeprefix("./")]
+    corpus = read_jsonl(out / "eval-beir" / "corpus.jsonl")
+    assert all(record["text"] == texts[record["corpus-id"]] for record in corpus)
+
+
+def child_processes(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc: Linux)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; it only waits for its parent to collect it
+
+
+def test_a_killed_run_leaves_no_worker_processes_behind(tmp_path, vdr_cache):
+    docs = tmp_path / "docs"
+    for index in range(6):  # enough pages to keep two render workers busy for a while
+        write_text_pdf(docs / f"report-{index}.pdf", COMPANIES[index], 12)
+    argv = ["--input_dir", str(docs), "--output_dir", str(tmp_path / "out"), "--steps", "pages", "--num_workers", "2"]
+    env = {**os.environ, "VDR_CACHE": str(vdr_cache), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "prepare_vdr_data.py", *argv], cwd=REPO_ROOT, env=env)
+    deadline, children = time.monotonic() + 60, set()
+    while len(children) < 3 and time.monotonic() < deadline:  # two workers and multiprocessing's resource tracker
+        time.sleep(0.2)
+        children = child_processes(process.pid)
+    assert len(children) >= 3, children
+    process.send_signal(signal.SIGKILL)  # what the OOM killer does
+    process.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(child) for child in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [child for child in children if alive(child)]

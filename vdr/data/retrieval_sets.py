@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ def _layout(spec: DatasetSpec) -> str:
         return spec.layout
     folder = Path(spec.path)
     if folder.is_dir():
-        return "beir" if all(_beir_part_path(folder, part) for part in BEIR_PARTS) else "rows"
+        return "beir" if is_beir_folder(folder) else "rows"
     if spec.path.startswith("generated:") or looks_like_local_path(spec.path):
         return "rows"
     try:
@@ -141,9 +142,14 @@ def _beir_part_path(folder: Path, part: str) -> Path | None:
     return None
 
 
+def is_beir_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a BEIR-layout set: a corpus, queries and qrels (folders or data files)."""
+    return folder.is_dir() and all(_beir_part_path(folder, part) for part in BEIR_PARTS)
+
+
 def load_beir_folder(folder: Path, name: str) -> RetrievalData:
     """A local BEIR-style set: ``corpus``, ``queries`` and ``qrels``, each a save_to_disk folder or a file."""
-    parts = {}
+    parts, sources = {}, {}
     for part in BEIR_PARTS:
         path = _beir_part_path(folder, part)
         if path is None:
@@ -153,13 +159,15 @@ def load_beir_folder(folder: Path, name: str) -> RetrievalData:
         parts[part] = load_rows(
             DatasetSpec(str(path)), image_columns, SourceArguments(image_root=str(folder)), optional_images=True
         )
-    return beir_retrieval_data(parts["corpus"], parts["queries"], parts["qrels"], name)
+        sources[part] = f"Dataset '{name}', {path}"
+    return beir_retrieval_data(parts["corpus"], parts["queries"], parts["qrels"], name, sources)
 
 
 def _load_beir_hub(spec: DatasetSpec) -> RetrievalData:
     split = spec.split or "test"
     parts = {part: load_hub_dataset(DatasetSpec(spec.path, part, split)) for part in BEIR_PARTS}
-    return beir_retrieval_data(parts["corpus"], parts["queries"], parts["qrels"], spec.name)
+    sources = {part: f"Dataset '{spec.name}', {spec.path} config '{part}' split '{split}'" for part in BEIR_PARTS}
+    return beir_retrieval_data(parts["corpus"], parts["queries"], parts["qrels"], spec.name, sources)
 
 
 def _pick(dataset: Dataset, candidates: tuple[str, ...], where: str) -> str:
@@ -171,22 +179,56 @@ def _pick(dataset: Dataset, candidates: tuple[str, ...], where: str) -> str:
     )
 
 
-def beir_retrieval_data(corpus: Dataset, queries: Dataset, qrels: Dataset, name: str) -> RetrievalData:
-    """Build ``RetrievalData`` from BEIR-style corpus / queries / qrels tables (graded scores kept)."""
-    corpus_ids = corpus[_pick(corpus, CORPUS_ID_COLUMNS, f"Dataset '{name}' corpus")]
-    images = page_refs(corpus, _pick(corpus, CORPUS_IMAGE_COLUMNS, f"Dataset '{name}' corpus"))
-    query_ids = queries[_pick(queries, QUERY_ID_COLUMNS, f"Dataset '{name}' queries")]
-    texts = queries[_pick(queries, QUERY_TEXT_COLUMNS, f"Dataset '{name}' queries")]
+def beir_retrieval_data(
+    corpus: Dataset, queries: Dataset, qrels: Dataset, name: str, sources: dict[str, str] | None = None
+) -> RetrievalData:
+    """Build ``RetrievalData`` from BEIR-style corpus / queries / qrels tables (graded scores kept). ``sources``
+    says, per part, where it came from (errors name it)."""
+    where = {part: (sources or {}).get(part, f"Dataset '{name}' {part}") for part in BEIR_PARTS}
+    corpus_ids = corpus[_pick(corpus, CORPUS_ID_COLUMNS, where["corpus"])]
+    images = page_refs(corpus, _pick(corpus, CORPUS_IMAGE_COLUMNS, where["corpus"]))
+    query_ids = queries[_pick(queries, QUERY_ID_COLUMNS, where["queries"])]
+    texts = queries[_pick(queries, QUERY_TEXT_COLUMNS, where["queries"])]
+    check_unique_ids(corpus_ids, "corpus", where["corpus"])
+    check_unique_ids(query_ids, "queries", where["queries"])
     judged = {}
-    qrel_query = qrels[_pick(qrels, QUERY_ID_COLUMNS, f"Dataset '{name}' qrels")]
-    qrel_doc = qrels[_pick(qrels, CORPUS_ID_COLUMNS, f"Dataset '{name}' qrels")]
+    qrel_query = qrels[_pick(qrels, QUERY_ID_COLUMNS, where["qrels"])]
+    qrel_doc = qrels[_pick(qrels, CORPUS_ID_COLUMNS, where["qrels"])]
     score_column = next((c for c in SCORE_COLUMNS if c in qrels.column_names), None)
     scores = qrels[score_column] if score_column else [1.0] * len(qrels)
-    for qid, cid, score in zip(qrel_query, qrel_doc, scores):
-        judged.setdefault(qid, {})[cid] = float(score)
+    for record, (qid, cid, score) in enumerate(zip(qrel_query, qrel_doc, scores), start=1):
+        judged.setdefault(qid, {})[cid] = relevance_grade(score, where["qrels"], record, score_column)
     text_column = next((c for c in CORPUS_TEXT_COLUMNS if c in corpus.column_names), None)
     page_texts = dict(zip(corpus_ids, corpus[text_column])) if text_column else None
     return RetrievalData(dict(zip(query_ids, texts)), dict(zip(corpus_ids, images)), judged, page_texts)
+
+
+def check_unique_ids(ids: list[Any], part: str, where: str) -> None:
+    """Ids must be unique: with a repeated id the last record would silently replace the others (a page or a query
+    swapped, and scores that look right)."""
+    counts = Counter(ids)
+    repeated = [value for value, count in counts.items() if count > 1]
+    if not repeated:
+        return
+    first = repeated[0]
+    records = [str(record) for record, value in enumerate(ids, start=1) if value == first]
+    others = f" ({len(repeated) - 1} more id(s) repeat too)" if len(repeated) > 1 else ""
+    raise VdrError(
+        f"{where}: the id {first!r} appears {counts[first]} times in the {part} (records {', '.join(records)})"
+        f"{others}. With repeated ids the last record silently replaces the others and the scores would be wrong: "
+        "give each record a unique id."
+    )
+
+
+def relevance_grade(score: Any, where: str, record: int, column: str | None) -> float:
+    """A qrels score as a number (0: not relevant; above 0: relevant, graded)."""
+    try:
+        return float(score)
+    except (TypeError, ValueError):
+        raise VdrError(
+            f"{where}: record {record}, column '{column}': {score!r} is not a number. Relevance scores are numbers "
+            "(0 for not relevant, 1 or more for relevant, higher for more relevant)."
+        ) from None
 
 
 def check_retrieval_data(data: RetrievalData, name: str) -> None:

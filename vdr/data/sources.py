@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from datasets import Dataset, DatasetDict, Image, concatenate_datasets, load_dat
 from PIL import Image as PILImage
 
 from vdr.cache import build_once, default_cache_dir
-from vdr.errors import VdrError
+from vdr.errors import VdrError, not_utf8
 from vdr.hub import looks_like_local_path
 from vdr.offline.generated_pages import GENERATED_PAGES_ID, generate_rows
 
@@ -58,6 +59,18 @@ class SourceArguments:
         default=256, metadata={"help": "Rows to generate when a source is 'generated:pages' (or pages-beir)."}
     )
     generated_seed: int = field(default=0, metadata={"help": "Seed of the generated pages."})
+
+    def __post_init__(self):
+        if self.num_generated_rows < 1:
+            raise ValueError(f"num_generated_rows must be 1 or more, got {self.num_generated_rows}.")
+
+
+def check_image_root(options: SourceArguments) -> None:
+    """``--image_root`` must be a folder (checked before anything loads: otherwise every row would be reported)."""
+    if options.image_root and not Path(options.image_root).expanduser().is_dir():
+        raise VdrError(
+            f"--image_root '{options.image_root}' is not a folder. Give the folder the image paths are relative to."
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,11 @@ def load_rows(
         dataset = _select_split(_load_saved(local), source)
     elif local.is_dir():
         dataset = load_hub_dataset(source)
+    elif source.path.startswith(("http://", "https://")):
+        raise VdrError(
+            f"Dataset '{source.path}' is a URL: datasets are read from local files and folders or from Hub dataset "
+            "ids. Download the file first and pass its path."
+        )
     elif looks_like_local_path(source.path):
         raise VdrError(
             f"Dataset path '{source.path}' does not exist. Give a save_to_disk folder, parquet/JSON-lines "
@@ -217,7 +235,7 @@ def _load_file(
     optional_images: bool,
     query_column: str | None,
 ) -> Dataset:
-    lines = _nonblank_line_numbers(file) if builder == "json" else None
+    lines = json_lines(file) if builder == "json" else None
     if lines == []:
         raise VdrError(f"Data file '{file}' is empty: it holds no rows. Add rows or remove the file.")
     try:
@@ -235,9 +253,29 @@ def _load_file(
     return resolve_image_paths(dataset, [*image_columns, *negatives], root, file, row_names)
 
 
-def _nonblank_line_numbers(file: str) -> list[int]:
-    with open(file, encoding="utf-8", errors="replace") as handle:
-        return [number for number, line in enumerate(handle, start=1) if line.strip()]
+def json_lines(file: str) -> list[int]:
+    """The numbers of a JSON-lines file's non-blank lines, one row each, after checking that each is UTF-8 text
+    holding one JSON object: a bad line is named here, which the ``datasets`` JSON reader does not do."""
+    numbers = []
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise not_utf8(f"{file}: line {number}", error) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise VdrError(
+                    f"{file}: line {number} is not valid JSON ({error.msg} at column {error.colno}). Fix or remove "
+                    "that line: each line holds one JSON object."
+                ) from None
+            if not isinstance(row, dict):
+                raise VdrError(f"{file}: line {number} holds {type(row).__name__}, not a JSON object of columns.")
+            numbers.append(number)
+    return numbers
 
 
 def _row_names(lines: list[int] | None, num_rows: int) -> list[str]:

@@ -42,6 +42,12 @@ class EvaluateArguments(SourceArguments):
     )
     batch_size: int = field(default=16, metadata={"help": "Encoding batch size."})
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where results and plots are written."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the results an earlier run left in --output_dir (without it, such a folder is refused)."
+        },
+    )
     no_cache: bool = field(default=False, metadata={"help": "Do not read or write the on-disk embedding cache."})
     cache_dir: str | None = field(
         default=None, metadata={"help": "Embedding cache folder. Default: $VDR_CACHE/embeddings."}
@@ -70,6 +76,7 @@ class EvaluateArguments(SourceArguments):
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.model:
             raise ValueError("give at least one --model")
         if not self.dataset:

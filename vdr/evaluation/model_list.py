@@ -3,6 +3,7 @@ request, its checkpoints), each model's kind, and the Matryoshka dims each is sc
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,15 +35,15 @@ class ModelCandidate:
     training_run: Path | None = None  # the train_vdr.py output folder it came from, if any
 
 
-def expand_models(models: Sequence[str], all_checkpoints: bool = False) -> list[ModelCandidate]:
-    """Turn ``--model`` values into loadable models: a training output folder gives its final model (and, with
-    ``all_checkpoints``, every ``checkpoint-*``); anything else is taken as it is. A local path that does not
-    exist, or a folder with no model in it, is an error here, before any model loads."""
+def expand_models(models: Sequence[str], all_checkpoints: bool = False, flag: str = "--model") -> list[ModelCandidate]:
+    """Turn ``--model`` (or ``--reranker``: ``flag``) values into loadable models: a training output folder gives its
+    final model (and, with ``all_checkpoints``, every ``checkpoint-*``); anything else is taken as it is. A local
+    path that does not exist, or a folder with no model in it, is an error here, before any model loads."""
     candidates: list[ModelCandidate] = []
     for value in models:
         folder = Path(value).expanduser()
         if not is_training_run(folder):
-            candidates.append(_single_model(value, folder))
+            candidates.append(_single_model(value, folder, flag))
             continue
         run_name = folder.resolve().name
         if all_checkpoints:
@@ -58,21 +59,21 @@ def expand_models(models: Sequence[str], all_checkpoints: bool = False) -> list[
     return _unique_names(candidates)
 
 
-def _single_model(value: str, folder: Path) -> ModelCandidate:
+def _single_model(value: str, folder: Path, flag: str) -> ModelCandidate:
     """A model folder (named by its folder), a Hub id (named by the id) or the tiny offline model."""
     if value == TINY_MODEL_ID:
         return ModelCandidate(value.split(":", 1)[1], value)
     if folder.is_dir():
         if not any((folder / name).exists() for name in MODEL_FILES):
             raise VdrError(
-                f"--model '{value}' holds no model (no {' or '.join(MODEL_FILES)}). Point --model at a model folder, "
-                "a train_vdr.py output folder, or a checkpoint-* folder."
+                f"{flag} '{value}' holds no model (no {' or '.join(MODEL_FILES)}). Point {flag} at a model folder, "
+                "a training script's output folder, or a checkpoint-* folder."
             )
         return ModelCandidate(folder.resolve().name, str(folder))
     if looks_like_local_path(value):
         raise VdrError(
-            f"--model '{value}' does not exist. Give a model folder, a train_vdr.py output folder, a Hub id such as "
-            f"'Qwen/Qwen3-VL-Embedding-2B', or '{TINY_MODEL_ID}'."
+            f"{flag} '{value}' does not exist. Give a model folder, a training script's output folder, a Hub id such "
+            f"as 'Qwen/Qwen3-VL-Embedding-2B', or '{TINY_MODEL_ID}'."
         )
     return ModelCandidate(value.rstrip("/"), value)
 
@@ -125,6 +126,26 @@ def evaluation_dims(
 def read_training_metrics(candidate: ModelCandidate) -> dict[str, Any] | None:
     """The metrics.json of the training run a candidate came from, if there is one."""
     return None if candidate.training_run is None else read_metrics(candidate.training_run)
+
+
+def check_rerankers(candidates: Sequence[ModelCandidate]) -> None:
+    """A ``--reranker`` must be a reranker: a Sentence Transformers folder without a LogitScore head is an embedding
+    (or multi-vector) model, whose yes/no head a CrossEncoder would initialise at random and report as scores. (A
+    bare vision-language model, with no modules.json, is built as a zero-shot reranker on purpose.)"""
+    for candidate in candidates:
+        modules = Path(candidate.path) / "modules.json"
+        if not modules.is_file():
+            continue
+        types = [str(module.get("type", "")) for module in json.loads(modules.read_text())]
+        if any(kind.endswith("LogitScore") for kind in types):
+            continue
+        kind = "a multi-vector model" if is_multi_vector_model(candidate.path) else "an embedding model"
+        raise VdrError(
+            f"--reranker '{candidate.path}' is {kind} (its modules are {', '.join(t.rsplit('.', 1)[-1] for t in types)}"
+            ", with no LogitScore head): as a reranker its relevance head would be random, and so would its scores. "
+            "Pass a reranker trained with train_reranker_vdr.py (its output folder) or a published one such as "
+            "Qwen/Qwen3-VL-Reranker-2B; to score this model, give it to --model."
+        )
 
 
 def model_kind(candidate: ModelCandidate) -> str:

@@ -24,6 +24,8 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
+from vdr.errors import VdrError
+
 __all__ = [
     "PRIMARY_METRIC",
     "markdown_table",
@@ -37,6 +39,8 @@ __all__ = [
 PRIMARY_METRIC = "ndcg@10"
 DPI = 120
 RESULT_FILES = {"json": "results.json", "csv": "results.csv", "markdown": "results.md"}
+PLOT_FILES = {"by_dim": "ndcg_by_dim.png", "by_model": "ndcg_by_model.png", "training": "training_{run}.png"}
+STORAGE_FILES = {"csv": "storage.csv", "plot": "ndcg_vs_bytes.png"}
 CSV_LEADING_COLUMNS = ("model", "dataset", "dim", "num_queries", "num_documents")
 # Metric families in the order readers expect them; anything else follows alphabetically.
 _FAMILY_ORDER = ("ndcg", "mrr", "map", "recall")
@@ -334,3 +338,26 @@ def plot_training_metrics(metrics: dict, path: str | Path, title: str | None = N
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def earlier_results(output_dir: Path) -> list[Path]:
+    """The files an earlier evaluate_vdr.py run left in ``output_dir`` (results, storage report, plots)."""
+    names = [*RESULT_FILES.values(), *STORAGE_FILES.values(), PLOT_FILES["by_dim"], PLOT_FILES["by_model"]]
+    found = [output_dir / name for name in names if (output_dir / name).exists()]
+    return found + sorted(output_dir.glob(PLOT_FILES["training"].format(run="*")))
+
+
+def clear_earlier_results(output_dir: Path, overwrite: bool) -> None:
+    """Two runs' results never mix in one folder: an earlier run's files are refused, or, with ``overwrite``, removed
+    first (only the files evaluate_vdr.py writes; anything else in the folder stays)."""
+    earlier = earlier_results(output_dir)
+    if not earlier:
+        return
+    if not overwrite:
+        raise VdrError(
+            f"--output_dir '{output_dir}' already holds the results of an earlier evaluation "
+            f"({', '.join(path.name for path in earlier[:4])}{', ...' if len(earlier) > 4 else ''}). Choose a new "
+            "--output_dir, or pass --overwrite_output_dir true to replace them."
+        )
+    for path in earlier:
+        path.unlink()

@@ -23,7 +23,7 @@ from vdr.errors import VdrError
 from vdr.evaluation.arguments import RerankArguments
 from vdr.evaluation.encoding import EncodingSetup, EncodingStats, ResizedPageCache
 from vdr.evaluation.metrics import ModelScores, result_record, score_matrix_metrics
-from vdr.evaluation.model_list import ModelCandidate, expand_models
+from vdr.evaluation.model_list import ModelCandidate
 from vdr.models.loading import ModelLoadingArguments
 from vdr.models.reranker import RerankerModelArguments, build_reranker
 
@@ -104,17 +104,18 @@ class RerankResults:
 
 
 def rerank_models(
+    rerankers: list[ModelCandidate],
     args: RerankArguments,
     loading: ModelLoadingArguments,
     datasets: dict[str, RetrievalData],
     first_stages: dict[str, ModelScores],
     setup: EncodingSetup,
 ) -> RerankResults:
-    """Load each reranker once and rerank every model's top K (``first_stages``: each model's scores, with its
-    query x page scores kept) on every dataset. A reranker that fails is reported (``errors``) without losing the
-    others' results."""
+    """Load each reranker (``rerankers``: the ``--reranker`` values, expanded and checked) once and rerank every
+    model's top K (``first_stages``: each model's scores, with its query x page scores kept) on every dataset. A
+    reranker that fails is reported (``errors``) without losing the others' results."""
     results = RerankResults()
-    for candidate in expand_models(args.reranker):
+    for candidate in rerankers:
         reranker = None
         try:
             reranker = load_reranker(candidate, loading)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from vdr.evaluation.report import PRIMARY_METRIC
+from vdr.evaluation.report import PRIMARY_METRIC, STORAGE_FILES
 
-STORAGE_FILES = {"csv": "storage.csv", "plot": "ndcg_vs_bytes.png"}
 STORAGE_HEADING = "## Storage against quality: NDCG@10 and bytes per page"
 PRECISION_MARKERS = {"float32": "o", "float16": "D", "int8": "s", "binary": "v", "binary_rescored": "^", "bm25": "*"}
 

@@ -51,6 +51,37 @@ class ModelLoadingArguments:
         default=None, metadata={"help": "Text prepended to documents, in training and stored in the saved model."}
     )
 
+    def __post_init__(self):
+        check_pixel_bounds(self.min_pixels, self.max_pixels)
+        check_dtype_and_attention(self.torch_dtype, self.attn_implementation)
+
+
+#: What transformers takes as a dtype name and as an attention kernel (a Hub kernel, "org/name", is taken as it is).
+TORCH_DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_dtype_and_attention(torch_dtype: str | None, attn_implementation: str | None) -> None:
+    """Names transformers would only refuse once the data and the model were loading."""
+    if torch_dtype is not None and torch_dtype not in TORCH_DTYPES:
+        raise ValueError(f"torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {torch_dtype!r}.")
+    known = attn_implementation in ATTENTION_IMPLEMENTATIONS or "/" in (attn_implementation or "")
+    if attn_implementation is not None and not known:
+        raise ValueError(
+            f"attn_implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)} (or a Hub kernel, "
+            f"org/name), got {attn_implementation!r}."
+        )
+
+
+def check_pixel_bounds(min_pixels: int | None, max_pixels: int | None) -> None:
+    """Page-size bounds must be 1 or more (the processor would read 0 as "no limit"), the smallest not above the
+    largest."""
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be 1 or more, got {value} (a page size in pixels, e.g. 360000 = 600*600).")
+    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        raise ValueError(f"min_pixels ({min_pixels}) is above max_pixels ({max_pixels}).")
+
 
 # Qwen-VL chat templates end with "<|im_start|>assistant\n" when asked for a generation prompt: the
 # embedding is the hidden state of that final token.

@@ -17,7 +17,14 @@ from sentence_transformers.cross_encoder.modules import LogitScore
 from sentence_transformers.util.file_io import load_file_path
 
 from vdr.errors import VdrError
-from vdr.models.loading import PROCESSING_KWARGS, model_kwargs, processor_kwargs, resolve_model_path
+from vdr.models.loading import (
+    PROCESSING_KWARGS,
+    check_dtype_and_attention,
+    check_pixel_bounds,
+    model_kwargs,
+    processor_kwargs,
+    resolve_model_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +77,8 @@ class RerankerModelArguments:
     )
 
     def __post_init__(self):
+        check_pixel_bounds(self.min_pixels, self.max_pixels)
+        check_dtype_and_attention(self.torch_dtype, self.attn_implementation)
         if self.answer_tokens is not None and len(self.answer_tokens) != 2:
             raise ValueError(f"answer_tokens takes two tokens (relevant, not relevant), got {self.answer_tokens}.")
 

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from vdr.prepare.queries import QUERY_SOURCES
+from vdr.errors import VdrError
+from vdr.prepare.queries import QUERY_SOURCES, check_query_file
 
 STEPS = ("pages", "queries", "split", "negatives", "report")
 EXCLUDE_CHOICES = ("none", "document", "neighbours")
@@ -113,5 +115,23 @@ class PrepareArguments:
             raise ValueError(f"exclude_negatives_from must be one of {', '.join(EXCLUDE_CHOICES)}")
         if self.image_format not in ("png", "jpg"):
             raise ValueError(f"image_format must be png or jpg, got '{self.image_format}'")
+        if self.max_dpi <= 0:
+            raise ValueError(f"max_dpi must be above 0, got {self.max_dpi} (the default renders at 150 DPI)")
+        if self.query_max_pixels is not None and self.query_max_pixels < 1:
+            raise ValueError(f"query_max_pixels must be 1 or more, got {self.query_max_pixels}")
         if self.eval_fraction < 0 or self.num_negatives < 0 or self.queries_per_page < 1 or self.max_page_pixels < 1:
             raise ValueError("eval_fraction and num_negatives must be >= 0, queries_per_page and max_page_pixels >= 1")
+
+
+def check_prepare_run(args: PrepareArguments) -> None:
+    """What prepare_vdr_data.py checks before it renders or loads anything: the folders and the query file."""
+    if not args.output_dir or ("pages" in args.steps and not args.input_dir):
+        raise VdrError("Give --output_dir (and --input_dir, the folder of your documents, for the pages step).")
+    if args.input_dir and Path(args.input_dir).expanduser().resolve() == Path(args.output_dir).expanduser().resolve():
+        raise VdrError(
+            f"--output_dir is the --input_dir itself ('{args.input_dir}'): pages, queries and datasets would be "
+            "written among your documents. Choose another folder (one inside --input_dir is fine: it is left out "
+            "of the documents)."
+        )
+    if "queries" in args.steps and args.queries == "file":
+        check_query_file(args.queries_file)

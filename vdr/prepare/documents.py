@@ -20,6 +20,8 @@ import math
 import multiprocessing
 import os
 import re
+import signal
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -100,14 +102,24 @@ def find_source_files(input_dir: str | Path, exclude: Path | None = None) -> lis
     for path in candidates:
         relative = path.relative_to(root)
         hidden = any(part.startswith(".") for part in relative.parts)
-        inside_output = exclude is not None and path.resolve().is_relative_to(exclude)
+        target = _target(path)
+        inside_output = exclude is not None and target.is_relative_to(exclude)
         if hidden or inside_output or path.suffix.lower() not in PDF_SUFFIXES | IMAGE_SUFFIXES or path.is_dir():
             continue
-        files.append(SourceFile(path.resolve(), relative.as_posix(), document_id(relative.as_posix())))
+        files.append(SourceFile(target, relative.as_posix(), document_id(relative.as_posix())))
     if not files:
         kinds = ", ".join(sorted(PDF_SUFFIXES | IMAGE_SUFFIXES))
         raise VdrError(f"No PDFs or page images ({kinds}) found under '{root}'. Point --input_dir at your documents.")
     return files
+
+
+def _target(path: Path) -> Path:
+    """The file a path stands for: a symbolic link's target; a link that leads to no file (a missing target, a loop)
+    as it is, so that opening it reports the link (the file is then skipped with its reason, not the run stopped)."""
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: Python before 3.13 reports a link loop so
+        return path.absolute()
 
 
 def document_id(relative: str) -> str:
@@ -139,6 +151,8 @@ def count_pages(path: Path) -> int | str:
 
 
 def _reason(error: Exception, path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return "it is a symbolic link that leads to no file (its target is missing, or the link loops)"
     if isinstance(error, PermissionError):
         return "no permission to read it"
     if path.exists() and path.stat().st_size == 0:
@@ -319,10 +333,25 @@ def _skip(skipped: dict[str, str], source: SourceFile, reason: str) -> None:
 
 
 def _pool(num_workers: int):
-    """A process pool (spawned: safe whatever threads torch has started in this process), or none for 1 worker."""
+    """A process pool (spawned: safe whatever threads torch has started in this process), or none for 1 worker.
+    Its workers stop when this process dies, even by SIGKILL (the OOM killer), instead of rendering on (and holding
+    memory and multiprocessing's resource tracker) for nobody."""
     if num_workers <= 1:
         return _NoPool()
-    return ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(num_workers, mp_context=context, initializer=_stop_with_parent, initargs=(os.getpid(),))
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """In a worker: have Linux kill this process when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the call took effect
+        os._exit(1)
 
 
 class _NoPool:
@@ -352,3 +381,17 @@ def read_pages(output_dir: str | Path) -> tuple[list[PageRecord], dict[str, str]
     skipped_path = output_dir / SKIPPED_FILE
     skipped = json.loads(skipped_path.read_text()) if skipped_path.is_file() else {}
     return [PageRecord(**row) for row in read_jsonl(path)], skipped
+
+
+def check_some_pages(pages: list[PageRecord], skipped: dict[str, str], output_dir: Path) -> None:
+    """The later steps need pages: when every document was skipped, say why now, before any model loads."""
+    if pages:
+        return
+    if not skipped:
+        raise VdrError(f"'{Path(output_dir) / PAGES_FILE}' lists no page. Run the pages step (--steps pages) again.")
+    reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+    raise VdrError(
+        f"None of the {len(skipped)} file(s) under the input folder could be read, so there are no pages to prepare "
+        f"({reasons}). The reasons are also in '{Path(output_dir) / SKIPPED_FILE}'. Fix or replace those files and run "
+        "again."
+    )

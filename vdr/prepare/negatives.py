@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vdr.cache import discard_damaged_arrays
 from vdr.models.loading import ModelLoadingArguments, resolve_model_path
 from vdr.prepare.arguments import PrepareArguments
 from vdr.prepare.documents import PageRecord
@@ -68,6 +69,7 @@ def mine_negatives(
     stats.rows_in += len(rows)
     if not rows:
         return []
+    discard_damaged_arrays(cache_folder)
     absolute = {page.image: str((output_dir / page.image).resolve()) for page in corpus_pages}
     page_of = {absolute[page.image]: page for page in corpus_pages}
     slack = _exclusion_slack(corpus_pages, args)
@@ -121,13 +123,18 @@ def _excluded(candidate: PageRecord, positive: PageRecord, args: PrepareArgument
     return args.exclude_negatives_from == "document" or abs(candidate.page - positive.page) <= args.neighbour_window
 
 
-def write_rows(path: Path, rows: Sequence[dict], output_dir: Path) -> int:
-    """Rows with page paths relative to the file's own folder (what train_vdr.py and evaluate_vdr.py resolve)."""
+def write_rows(path: Path, rows: Sequence[dict], output_dir: Path, page_texts: dict[str, str] | None = None) -> int:
+    """Rows with page paths relative to the file's own folder (what train_vdr.py and evaluate_vdr.py resolve). With
+    ``page_texts`` (page image -> its text layer), each page column gets its text in ``<column>_text``, the column a
+    text baseline such as BM25 reads."""
     to_output = os.path.relpath(output_dir, path.parent)
-    image_columns = ["image", *sorted(key for key in (rows[0] if rows else {}) if key.startswith("negative_"))]
+    negatives = sorted(key for key in (rows[0] if rows else {}) if key.startswith("negative_"))
+    image_columns = ["image", *negatives]
 
     def relative(row: dict) -> dict:
         fixed = {key: os.path.normpath(f"{to_output}/{row[key]}") for key in image_columns}
-        return {"query": row["query"], **fixed, **{k: v for k, v in row.items() if k not in fixed and k != "query"}}
+        rest = {k: v for k, v in row.items() if k not in fixed and k != "query"}
+        texts = {f"{key}_text": page_texts[row[key]] for key in image_columns} if page_texts is not None else {}
+        return {"query": row["query"], **fixed, **rest, **texts}
 
     return write_jsonl(path, (relative(row) for row in rows))

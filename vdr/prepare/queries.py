@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vdr.errors import VdrError
+from vdr.errors import VdrError, not_utf8
 from vdr.prepare.documents import PageRecord
 from vdr.prepare.output_files import read_jsonl
 
@@ -61,6 +61,21 @@ class QueryStats:
     filtered_out: int = 0
     filter_top_k: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_some_queries(queries: Sequence[dict], stats: QueryStats, source: str) -> None:
+    """The later steps need queries: when no page gave one, say why now instead of ending with no dataset."""
+    if queries:
+        return
+    why = {
+        "text": f"{stats.pages_without_text} of the {stats.pages} page(s) have no text layer (scans, images), and the "
+        "text source writes a query from a page's text. Use --queries vlm (a vision-language model reads the "
+        "pages) or --queries file (your own queries)",
+        "file": "the query file holds no usable row. Add rows of query, document, page",
+        "vlm": f"the model's {stats.generations} generation(s) gave no well-formed query ({stats.empty_generations} "
+        f"empty, {stats.malformed} malformed). Try another --query_model or --query_prompt_template",
+    }[source]
+    raise VdrError(f"No query was made from the {stats.pages} page(s) with --queries {source}: {why}.")
 
 
 def query_row(query: str, page: PageRecord, source: str) -> dict:
@@ -117,11 +132,16 @@ def check_query_file(path: str | Path) -> None:
         raise VdrError(f"Query file '{path}' does not exist. Pass a JSON-lines or CSV file to --queries_file.")
     if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
         raise VdrError(f"Query file '{path}' must be JSON-lines (.jsonl) or CSV (.csv), not '{path.suffix}'.")
+    try:
+        path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise not_utf8(f"Query file '{path}'", error) from None
 
 
 def _read_query_file(path: Path) -> Iterator[tuple[int, dict]]:
-    check_query_file(path)
-    with path.open(encoding="utf-8", newline="") as handle:
+    check_query_file(path)  # the file decodes as UTF-8
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8" writes one) is not part of the first column's name
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         if path.suffix.lower() == ".csv":
             # Line 1 is the header, so data rows start at line 2 (as a spreadsheet numbers them).
             for line, item in enumerate(csv.DictReader(handle), start=2):

@@ -49,10 +49,11 @@ def read_split(output_dir: Path) -> dict[str, list[str]]:
 
 
 def write_eval_beir(output_dir: Path, pages: Sequence[PageRecord], queries: Sequence[dict]) -> Path:
-    """The evaluation set in the BEIR layout: every page of the evaluation documents, its queries, binary qrels."""
+    """The evaluation set in the BEIR layout: every page of the evaluation documents (with its text layer, which a
+    text baseline such as BM25 reads), its queries, binary qrels."""
     folder = output_dir / BEIR_FOLDER
     to_folder = os.path.relpath(output_dir, folder)
-    corpus = [{"corpus-id": page.image, "image": f"{to_folder}/{page.image}"} for page in pages]
+    corpus = [{"corpus-id": page.image, "image": f"{to_folder}/{page.image}", "text": page.text} for page in pages]
     query_ids = {text: f"q{index}" for index, text in enumerate(dict.fromkeys(row["query"] for row in queries))}
     write_jsonl(folder / "corpus.jsonl", corpus)
     write_jsonl(folder / "queries.jsonl", ({"query-id": qid, "query": text} for text, qid in query_ids.items()))

@@ -3,6 +3,7 @@ and the checks that span groups, run before anything loads."""
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ from typing import Any
 from sentence_transformers import MultiVectorEncoder, SentenceTransformerTrainingArguments
 from sentence_transformers.multi_vector_encoder import MultiVectorEncoderTrainingArguments
 
-from vdr.data.sources import SourceArguments
+from vdr.data.retrieval_sets import is_beir_folder
+from vdr.data.sources import SourceArguments, check_image_root
 from vdr.errors import VdrError
 from vdr.models.loading import ModelLoadingArguments
 from vdr.models.multi_vector import projection_learning_rates
@@ -115,8 +117,13 @@ class DataArguments(SourceArguments):
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be 1 or more, got {getattr(self, name)}.")
-        if self.num_generated_rows < 1:
-            raise ValueError(f"num_generated_rows must be 1 or more, got {self.num_generated_rows}.")
+        columns = [self.query_column, self.positive_column, *self.negative_columns]
+        repeated = sorted({column for column in columns if columns.count(column) > 1})
+        if repeated:  # a page column used twice would pair a page with itself (or fail inside pyarrow)
+            raise ValueError(
+                f"the query, positive and negative columns must differ; {', '.join(repeated)} is given more than once."
+            )
+        super().__post_init__()
 
 
 @dataclass
@@ -264,21 +271,61 @@ def check_training_run(model: ModelArguments, data: DataArguments, loss: LossArg
 
 
 def check_run_arguments(data: DataArguments, training: Any) -> None:
-    """Checks every training script (embedder, multi-vector, reranker) runs before anything loads: batch sizes,
-    evaluation data for an evaluation strategy, the output folder, and a repository name for a push."""
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        if getattr(training, name) < 1:
-            raise VdrError(f"--{name} must be 1 or more, got {getattr(training, name)}.")
+    """Checks every training script (embedder, multi-vector, reranker) runs before anything loads: the numbers of the
+    training arguments, the data sources and folders, evaluation data for an evaluation strategy, the Hub push and
+    the reporting integrations."""
+    check_training_numbers(training)
+    check_data_folders(data, training.output_dir)
     eval_strategy = getattr(training.eval_strategy, "value", training.eval_strategy)
     if eval_strategy != "no" and not (data.eval_dataset or data.eval_split_size):
         raise VdrError(
             f"--eval_strategy {eval_strategy} evaluates during training, but there is no evaluation "
             "data: set --eval_dataset, or --eval_split_size to hold rows out, or --eval_strategy no."
         )
-    if Path(training.output_dir).exists() and not Path(training.output_dir).is_dir():
-        raise VdrError(f"--output_dir '{training.output_dir}' is an existing file, not a folder. Choose another path.")
-    if training.push_to_hub and not (training.hub_model_id or training.run_name):
+    check_push(training)
+    check_reporting(training)
+
+
+def check_training_numbers(training: Any) -> None:
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training, name) < 1:
+            raise VdrError(f"--{name} must be 1 or more, got {getattr(training, name)}.")
+    if training.learning_rate < 0:
+        raise VdrError(f"--learning_rate must be 0 or more, got {training.learning_rate} (the recipe's is 2e-5).")
+    if training.max_steps <= 0 and training.num_train_epochs <= 0:  # the run would save its base model as trained
+        raise VdrError(
+            f"--num_train_epochs {training.num_train_epochs} trains nothing: give a number of epochs above 0 (the "
+            "recipe's is 1), or --max_steps."
+        )
+
+
+def check_push(training: Any) -> None:
+    """A push needs a valid repository name; a bad one would fail only after the whole run."""
+    if not training.push_to_hub:
+        return
+    repo_id = training.hub_model_id or training.run_name
+    if not repo_id:
         raise VdrError("--push_to_hub true needs a repository name: set --hub_model_id you/your-model.")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        flag = "--hub_model_id" if training.hub_model_id else "--run_name (the repository name without --hub_model_id)"
+        raise VdrError(f"{flag} '{repo_id}' is not a valid Hub repository name: {error}") from None
+
+
+def check_reporting(training: Any) -> None:
+    """Every ``--report_to`` integration must be installed; transformers would fail only once the model loaded."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    requested = [name for name in training.report_to or [] if name not in ("none", "all")]
+    missing = [name for name in requested if name not in get_available_reporting_integrations()]
+    if missing:
+        raise VdrError(
+            f"--report_to {' '.join(missing)}: {', '.join(missing)} is not installed. Install it (pip install "
+            f"{' '.join(missing)}) or drop it from --report_to (none turns reporting off)."
+        )
 
 
 def check_reranker_run(data: DataArguments, loss: RerankerLossArguments, training: Any) -> None:
@@ -289,6 +336,41 @@ def check_reranker_run(data: DataArguments, loss: RerankerLossArguments, trainin
             f"--loss {loss.loss} learns from hard negatives, but --negative_columns is empty. Give at least one "
             "negative column, or use --loss cmnrl (in-batch negatives)."
         )
+
+
+def check_data_folders(data: DataArguments, output_dir: str) -> None:
+    """The training and evaluation sources must be rows, and the run must not write into their folders: a BEIR-layout
+    folder (corpus / queries / qrels) is an evaluation set for evaluate_vdr.py, and checkpoints, final/ and
+    metrics.json written among a dataset's files would be hard to tell apart from them."""
+    check_image_root(data)
+    same_source = (data.train_dataset, data.train_dataset_config, data.train_split) == (
+        data.eval_dataset,
+        data.eval_dataset_config,
+        data.eval_split,
+    )
+    if same_source:
+        raise VdrError(
+            f"--eval_dataset is the training data itself ('{data.eval_dataset}'): the evaluation would score rows the "
+            "model trains on, and look better than it is. Give held-out rows, or --eval_split_size to carve them out."
+        )
+    output = Path(output_dir).expanduser().resolve()
+    for flag, source in (("--train_dataset", data.train_dataset), ("--eval_dataset", data.eval_dataset)):
+        if not source:
+            continue
+        path = Path(source).expanduser()
+        if is_beir_folder(path):
+            raise VdrError(
+                f"{flag} '{source}' is a BEIR-layout evaluation set (corpus, queries, qrels), but the training scripts "
+                "read rows of (query, page, hard negatives). Pass a rows file instead (prepare_vdr_data.py writes "
+                f"eval.jsonl beside eval-beir/), and score the BEIR set with evaluate_vdr.py --dataset {source}."
+            )
+        folder = path if path.is_dir() else path.parent if path.is_file() or glob.glob(str(path)) else None
+        if folder is not None and folder.resolve() == output:
+            which = "training" if flag == "--train_dataset" else "evaluation"
+            raise VdrError(
+                f"--output_dir '{output_dir}' is the folder of the {which} data ('{source}'): checkpoints, final/ and "
+                "metrics.json would be written among your data files. Choose another folder, e.g. outputs/my-run."
+            )
 
 
 def multi_vector_training_arguments(

@@ -15,10 +15,17 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from vdr.cli import create_folder
 from vdr.data.sources import negative_columns_of
 from vdr.errors import Interrupted, PushFailed, VdrError
 from vdr.provenance import redact_command, snapshot_arguments, write_run_config
-from vdr.run_folder import FINAL_MODEL_DIR, METRICS_FILE, write_training_info
+from vdr.run_folder import (
+    FINAL_MODEL_DIR,
+    METRICS_FILE,
+    checkpoints,
+    missing_checkpoint_parts,
+    write_training_info,
+)
 from vdr.training.arguments import DataArguments
 
 logger = logging.getLogger(__name__)
@@ -45,6 +52,9 @@ def start_run(groups: Sequence[Any], args: Any, argv: list[str]) -> RunStart:
     """
     resume_checkpoint = resolve_resume_checkpoint(args)
     check_output_dir(args.output_dir, resuming=resume_checkpoint is not None)
+    if resume_checkpoint is not None:
+        check_checkpoint(Path(resume_checkpoint))
+    create_folder(args.output_dir, "the run's checkpoints, final model and metrics")
     requested = snapshot_arguments(groups)
     write_run_config(args.output_dir, requested, argv)
     run = RunStart(resume_checkpoint, requested, args.push_to_hub, args.hub_token)
@@ -68,6 +78,30 @@ def resolve_resume_checkpoint(args: SentenceTransformerTrainingArguments) -> str
     if not Path(requested).is_dir():
         raise VdrError(f"--resume_from_checkpoint: checkpoint folder '{requested}' does not exist.")
     return requested
+
+
+def check_checkpoint(folder: Path) -> None:
+    """A checkpoint must hold everything resuming reads (checked before anything loads); an incomplete one (a run
+    killed mid-save, a file deleted) is refused, naming the newest intact checkpoint of the same run."""
+    missing = missing_checkpoint_parts(folder)
+    if not missing:
+        return
+    if {"trainer_state.json", "model.safetensors"} <= set(missing):
+        raise VdrError(
+            f"'{folder}' is not a training checkpoint (no trainer_state.json and no model weights). Pass a "
+            "checkpoint-<step> folder written by a training run, or --resume_from_checkpoint last."
+        )
+    intact = [path for path in checkpoints(folder.parent) if path != folder and not missing_checkpoint_parts(path)]
+    instead = (
+        f" Resume from the newest intact one instead: --resume_from_checkpoint {intact[-1]}"
+        if intact
+        else f" No other checkpoint of '{folder.parent}' is intact: start a new run (with --model_name_or_path "
+        f"{folder} if its weights are there)."
+    )
+    raise VdrError(
+        f"Checkpoint '{folder}' has no {' and no '.join(missing)} (a run killed while saving, or a file deleted): "
+        f"resuming from it would restart what is missing and change the run.{instead}"
+    )
 
 
 def check_output_dir(output_dir: str, resuming: bool) -> None:
