@@ -71,3 +71,17 @@ def test_command_line_list_replaces_the_yaml_list(tmp_path):
     config = write_yaml(tmp_path, "matryoshka_dims: [64, 32]\nnegative_columns: [negative_0, negative_1]\n")
     _, data, loss, _, _ = parse("--config", config, "--matryoshka_dims", "16")
     assert loss.matryoshka_dims == [16] and data.negative_columns == ["negative_0", "negative_1"]
+
+
+@pytest.mark.parametrize(
+    "script", ["train_vdr", "train_multivector_vdr", "train_reranker_vdr", "evaluate_vdr", "prepare_vdr_data"]
+)
+def test_help_lists_every_argument_of_every_group(script):
+    import dataclasses
+    import importlib
+
+    parser = importlib.import_module(script).make_parser()
+    help_text = parser.format_help()
+    fields = [field.name for group in parser.dataclass_types for field in dataclasses.fields(group) if field.init]
+    missing = [name for name in fields if f"--{name}" not in help_text]
+    assert fields and not missing
