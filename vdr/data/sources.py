@@ -331,16 +331,15 @@ def _check_image(value: Any, root: Path, column: str, row_name: str, where: str)
     return str(path)
 
 
+def is_negative_column(name: str) -> bool:
+    """Whether a column named like a negative holds the negative itself, not its text (``negative_0_text``)."""
+    return name.startswith("negative") and not name.endswith(PAGE_TEXT_SUFFIX)
+
+
 def page_like_negative_columns(dataset: Dataset) -> list[str]:
     """Columns named ``negative*`` that can hold pages (images or path strings): a numeric ``negative_score``
     column is not a page."""
-    return [
-        name
-        for name in dataset.column_names
-        if name.startswith("negative")
-        and not name.endswith(PAGE_TEXT_SUFFIX)  # a negative's text, not a page
-        and _holds_pages(dataset, name)
-    ]
+    return [name for name in dataset.column_names if is_negative_column(name) and _holds_pages(dataset, name)]
 
 
 def _holds_pages(dataset: Dataset, column: str) -> bool:

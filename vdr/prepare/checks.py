@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from vdr.data.retrieval_sets import BEIR_PARTS
+from vdr.data.sources import is_negative_column
 from vdr.errors import VdrError
 from vdr.prepare.documents import PageRecord
 
@@ -81,7 +82,7 @@ def build_report(
             "eval_documents": len(split["eval"]),
         }
     for name, rows in datasets.items():
-        negatives = [(row["document"], row[key]) for row in rows for key in row if key.startswith("negative_")]
+        negatives = [(row["document"], row[key]) for row in rows for key in row if is_negative_column(key)]
         same = sum(document == document_of.get(path) for document, path in negatives)
         report[name] = {
             "rows": len(rows),
@@ -218,7 +219,7 @@ def validate_rows_file(path: Path) -> list[str]:
         query = row.get("query")
         if not isinstance(query, str) or not query.strip():
             problems.append((where, "empty query"))
-        negatives = {key: value for key, value in row.items() if key.startswith("negative") and value is not None}
+        negatives = {key: value for key, value in row.items() if is_negative_column(key) and value is not None}
         for column, value in {"image": row.get("image"), **negatives}.items():
             problem = checker.problem(value)
             if problem:
