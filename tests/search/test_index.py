@@ -4,12 +4,16 @@ run resumes without duplicates, and a damaged or mismatched index is a clear err
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+from tests.helpers import REPO_ROOT
 from tests.search.conftest import GENERATED, ROWS, SEED, build, run
 from vdr.cache import TensorCache
 from vdr.data.page_images import PageRef
@@ -115,31 +119,35 @@ def test_reindexing_encodes_only_new_and_changed_pages_and_drops_removed_ones(ge
     torch.testing.assert_close(torch.tensor(row), torch.nn.functional.normalize(expected, dim=1)[0])
 
 
+#: 10 generated pages, indexed by the tiny model.
+FEW_PAGES = ["--dataset", "generated:pages", "--num_generated_rows", "2", "--max_pixels", "36864"]
+
+
 def test_an_interrupted_run_resumes_without_duplicates(tmp_path, monkeypatch):
     index = tmp_path / "index"
-    argv = [*GENERATED, "--max_pixels", "36864", "--write_every", "8", "--batch_size", "4"]
+    argv = [*FEW_PAGES, "--write_every", "3", "--batch_size", "3"]
     original, calls = PageIndex.add, []
 
     def add_then_stop(self, rows):
         calls.append(len(rows))
         if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C during the third write (the first one created the table)
+            raise KeyboardInterrupt  # Ctrl-C at the third write (the first one created the table)
         original(self, rows)
 
     monkeypatch.setattr(PageIndex, "add", add_then_stop)
     with pytest.raises(KeyboardInterrupt):
         build(index, "generated:tiny-qwen3-vl", *argv)
-    assert len(stored(index)) == 16  # two writes of 8 pages made it
+    assert len(stored(index)) == 6  # two writes of 3 pages made it
     monkeypatch.setattr(PageIndex, "add", original)
     resumed = build(index, "generated:tiny-qwen3-vl", *argv)["stats"]
-    assert (resumed.kept, resumed.encoded, resumed.pages) == (16, 5 * ROWS - 16, 5 * ROWS)
+    assert (resumed.kept, resumed.encoded, resumed.pages) == (6, 4, 10)
     ids = PageIndex.open(str(index)).table.search().select(["id"]).limit(None).to_arrow()["id"].to_pylist()
-    assert len(ids) == len(set(ids)) == 5 * ROWS
+    assert len(ids) == len(set(ids)) == 10
 
 
 def test_a_damaged_table_is_a_clear_error(tmp_path):
     index = tmp_path / "index"
-    build(index, "generated:tiny-qwen3-vl", *GENERATED, "--max_pixels", "36864")
+    build(index, "generated:tiny-qwen3-vl", *FEW_PAGES)
     for data_file in (index / "pages.lance" / "data").glob("*.lance"):
         data_file.write_bytes(b"not a lance file")
     with pytest.raises(VdrError, match="is damaged and cannot be read.*--overwrite true"):
@@ -148,12 +156,38 @@ def test_a_damaged_table_is_a_clear_error(tmp_path):
 
 def test_an_index_refuses_other_settings_and_a_missing_index_is_named(tmp_path):
     index = tmp_path / "index"
-    build(index, "generated:tiny-qwen3-vl", *GENERATED, "--max_pixels", "36864", "--dim", "16")
+    build(index, "generated:tiny-qwen3-vl", *FEW_PAGES, "--dim", "16")
     with pytest.raises(VdrError, match=r"built with other settings \(dim 16 -> 32;.*--overwrite true"):
-        build(index, "generated:tiny-qwen3-vl", *GENERATED, "--max_pixels", "36864", "--dim", "32")
-    rebuilt = build(
-        index, "generated:tiny-qwen3-vl", *GENERATED, "--max_pixels", "36864", "--dim", "32", "--overwrite", "true"
-    )
-    assert rebuilt["index"].settings.dim == 32 and rebuilt["stats"].pages == 5 * ROWS
+        build(index, "generated:tiny-qwen3-vl", *FEW_PAGES, "--dim", "32")
+    rebuilt = build(index, "generated:tiny-qwen3-vl", *FEW_PAGES, "--dim", "32", "--overwrite", "true")
+    assert rebuilt["index"].settings.dim == 32 and rebuilt["stats"].pages == 10
     with pytest.raises(VdrError, match="There is no index at"):
         run("query", "--index", str(tmp_path / "nowhere"), "revenue")
+
+
+def test_two_processes_index_their_shares_into_one_complete_table(tiny_model_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each encodes half of the pages into the same table; the table holds every
+    page once, with the vectors a single process writes."""
+    index, single = tmp_path / "two-processes", tmp_path / "one-process"
+    command = [
+        sys.executable,
+        *"-m torch.distributed.run --standalone --nproc_per_node 2 search_vdr.py index --index".split(),
+        str(index),
+        *"--model generated:tiny-qwen3-vl --write_every 2 --batch_size 2".split(),
+        *FEW_PAGES,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert result.stdout.count("Index ") == 1 and "5 encoded now" in result.stdout  # the main process's half
+    build(single, "generated:tiny-qwen3-vl", *FEW_PAGES)
+    rows = {name: vectors(folder) for name, folder in (("two", index), ("one", single))}
+    assert sorted(rows["two"]) == sorted(rows["one"]) and len(rows["two"]) == 10
+    for page_id, vector in rows["one"].items():
+        torch.testing.assert_close(rows["two"][page_id], vector, atol=1e-5, rtol=1e-4)
+
+
+def vectors(index: Path) -> dict[str, torch.Tensor]:
+    rows = PageIndex.open(str(index)).table.search().select(["id", "vector"]).limit(None).to_arrow().to_pylist()
+    assert len(rows) == len({row["id"] for row in rows})  # no duplicates
+    return {row["id"]: torch.tensor(row["vector"]) for row in rows}
