@@ -20,7 +20,7 @@ from vdr.search.searching import Searcher
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 #: The README's screenshot, refreshed by the browser test when VDR_UPDATE_SCREENSHOT is set.
 SCREENSHOT = REPO_ROOT / "docs" / "images" / "search.png"
-QUERY = "What was the revenue in 2021?"
+QUERY = "What was the energy use of Litware Foods in Q2 2016?"  # a generated page's own question
 
 
 def free_port() -> int:
@@ -64,7 +64,9 @@ def test_pages_only_one_index_found_are_marked():
         "a": [{**hit, "document": "x", "page": 1}, {**hit, "document": "y", "page": 2}],
         "b": [{**hit, "document": "x", "page": 1}, {**hit, "document": "y", "page": 3}],
     }
-    marked = {name: [caption.endswith(ONLY_HERE) for _, caption in items] for name, items in captions(results).items()}
+    marked = {
+        name: [caption.startswith(ONLY_HERE) for _, caption in items] for name, items in captions(results).items()
+    }
     assert marked == {"a": [False, True], "b": [False, True]}
     assert captions({"a": results["a"]})["a"][1][1] == "y · page 2 · 0.500"  # one index: nothing to compare
 
@@ -79,6 +81,15 @@ def browser():
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(flag)
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)), options=options)
+
+
+def loaded_images(driver, selector: str, count: int) -> list | None:
+    """The images ``selector`` finds once there are at least ``count`` and every one has loaded its pixels."""
+    from selenium.webdriver.common.by import By
+
+    images = driver.find_elements(By.CSS_SELECTOR, selector)
+    done = "return arguments[0].complete && arguments[0].naturalWidth > 0"
+    return images if len(images) >= count and all(driver.execute_script(done, image) for image in images) else None
 
 
 def test_a_query_in_the_browser_shows_both_indexes_pages_and_opens_one(served, tmp_path):
@@ -96,16 +107,14 @@ def test_a_query_in_the_browser_shows_both_indexes_pages_and_opens_one(served, t
         box.send_keys(QUERY, Keys.ENTER)
         for number, name in enumerate(searcher.indexes):
             gallery = f"#results-{number}"
-            thumbnails = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{gallery} img") or None)  # noqa: B023
+            thumbnails = wait.until(lambda d: loaded_images(d, f"{gallery} img", len(expected[name])))  # noqa: B023
             assert len(thumbnails) == len(expected[name])
-            assert all(image.get_attribute("naturalWidth") not in (None, "0") for image in thumbnails)
             text = driver.find_element(By.CSS_SELECTOR, gallery).text
             for _, caption in expected[name]:
                 assert caption in text, (name, caption)
         driver.save_screenshot(str(tmp_path / "search.png"))  # the test's artifact
         driver.find_element(By.CSS_SELECTOR, "#results-1 img").click()  # the preview opens the full page
-        preview = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results-1 .preview img") or None)
-        assert preview[0].get_attribute("naturalWidth") not in (None, "0")
+        assert wait.until(lambda d: loaded_images(d, "#results-1 .preview img", 1))
     finally:
         driver.quit()
     if os.environ.get("VDR_UPDATE_SCREENSHOT"):  # refresh the README's screenshot (a tracked file) on request only

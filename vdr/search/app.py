@@ -9,14 +9,15 @@ which refuses any other path (tests/search/test_app.py requests one)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from vdr.search.searching import Searcher
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls from a local page
 
-#: The marker of a page only one index found.
-ONLY_HERE = "only here"
+#: The marker of a page only one index found (first in its caption, which the gallery may cut short).
+ONLY_HERE = "★ only here"
 
 
 def captions(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[str, str]]]:
@@ -29,8 +30,8 @@ def captions(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[s
         items[name] = [
             (
                 hit["page_file"],
-                f"{hit['document']} · page {hit['page']} · {hit['score']:.3f}"
-                + (f" · {ONLY_HERE}" if len(results) > 1 and (hit["document"], hit["page"]) not in others else ""),
+                (f"{ONLY_HERE} · " if len(results) > 1 and (hit["document"], hit["page"]) not in others else "")
+                + f"{hit['document']} · page {hit['page']} · {hit['score']:.3f}",
             )
             for hit in hits
         ]
@@ -51,11 +52,12 @@ def build_app(searcher: Searcher):
             for number, (name, index) in enumerate(searcher.indexes.items()):
                 with gr.Column():
                     settings = index.settings
-                    gr.Markdown(f"**{name}**: {settings.model}, dim {settings.dim}, {settings.precision}")
+                    model = "/".join(Path(settings.model).parts[-2:])  # e.g. quickstart/final, not a full path
+                    gr.Markdown(f"**{name}**: {model}, dim {settings.dim}, {settings.precision}")
                     galleries.append(
                         gr.Gallery(
                             label=name,
-                            columns=3,
+                            columns=2,
                             object_fit="contain",
                             allow_preview=True,
                             buttons=["download", "fullscreen"],  # no "share": nothing leaves this machine
