@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from vdr.cli import ConfigParser, configure_logging, create_folder, run_cli
@@ -92,6 +93,8 @@ def index(loading: ModelLoadingArguments, args: IndexArguments) -> dict[str, Any
     # 1. The pages: rendered from a folder, read from a prepared dataset, or written from a dataset's corpus
     check_image_root(args)
     model_path = expand_models([args.model])[0].path  # a training run's folder gives its final model
+    if Path(model_path).expanduser().is_dir():  # recorded as an absolute path: the index loads it from anywhere
+        model_path = str(Path(model_path).expanduser().resolve())
     if "://" not in args.index:
         create_folder(args.index, "the index", "--index")
     pages_dir = page_folder_default(args.index, args.pages_dir)

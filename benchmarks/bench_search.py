@@ -72,8 +72,8 @@ def bench_indexing(pages: int, folder: Path) -> None:
     work = stats.encode_seconds + stats.write_seconds
     print(
         f"| indexing | {stats.encoded} pages | {stats.encoded / wall:.1f} pages/s (wall, incl. loading the model) | "
-        f"{stats.encoded / work:.1f} pages/s encoding + writing | encoding {stats.encode_seconds / work:.0%}, "
-        f"writing {stats.write_seconds / work:.0%} |"
+        f"{stats.encoded / work:.1f} pages/s encoding + writing | encoding {stats.encode_seconds:.1f} s "
+        f"({stats.encode_seconds / work:.1%}), writing {stats.write_seconds:.2f} s ({stats.write_seconds / work:.1%}) |"
     )
 
 
@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=100, help="Queries per setting (latency and recall).")
     parser.add_argument("--index_pages", type=int, default=160, help="Generated pages to index (0: skip that part).")
+    parser.add_argument("--only", nargs="+", default=None, help="Settings to run, e.g. '256 float32'.")
     parser.add_argument("--float_ann", default="ivf_flat", choices=["ivf_flat", "ivf_pq", "ivf_hnsw_sq"])
     parser.add_argument("--nprobes", type=int, default=20)
     parser.add_argument("--refine_factor", type=int, default=4)
@@ -172,7 +173,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
         for label, dim, precision in SETTINGS:
-            bench_queries(size, label, dim, precision, folder, args)
+            if not args.only or label in args.only:
+                bench_queries(size, label, dim, precision, folder, args)
     shutil.rmtree(folder, ignore_errors=True)
 
 
