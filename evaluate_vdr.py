@@ -137,6 +137,7 @@ def main(
         batch_size=args.batch_size,
         page_cache=ResizedPageCache(args.preprocess_cache_mb << 20),
         cache=cache,
+        presize_dir=default_cache_dir() if tasks else None,  # leaderboard pages: resized once per pixel budget
     )
     scored: dict[str, ModelScores] = {}
     errors: list[str] = []
@@ -201,9 +202,9 @@ def score_candidate(
         return score_bm25(datasets)
     protocol = None
     if tasks:  # multi-vector models: MTEB's ColPali-style wrappers set no instruction, so only their own budget
-        budget = args.pixel_budget if kind != MULTI_VECTOR else "training"
+        budget, family = (args.pixel_budget, None) if kind != MULTI_VECTOR else ("training", MULTI_VECTOR)
         path = resolve_model_path(candidate.path)
-        protocol = leaderboard_protocol(path, budget, loading.min_pixels, loading.max_pixels)
+        protocol = leaderboard_protocol(path, budget, loading.min_pixels, loading.max_pixels, family)
         loading = protocol_loading(loading, protocol)
     if kind == MULTI_VECTOR:
         model = build_multi_vector_model(candidate.path, loading)

@@ -184,3 +184,52 @@ def test_pixel_budget_warning_appears_exactly_when_the_budgets_differ(st_model_d
             protocol = leaderboard_protocol(path, budget, min_pixels, max_pixels)
         assert ("was trained at 36864 pixels" in caplog.text) is warns, (budget, max_pixels, caplog.text)
         assert protocol.trained_max_pixels == 36864
+
+
+def test_task_instructions_reach_the_encoder_and_other_datasets_keep_the_models_prompts(
+    benchmark_root, tmp_path, st_model_dir, monkeypatch
+):
+    import vdr.evaluation.encoding as encoding
+
+    seen = []
+    original = encoding.encode_batch
+
+    def spy(model, inputs, kind, *args, **kwargs):
+        seen.append((len(inputs), kind, model.prompts.get("query"), model.prompts.get("document")))
+        return original(model, inputs, kind, *args, **kwargs)
+
+    monkeypatch.setattr(encoding, "encode_batch", spy)
+    argv = "--benchmark vidore-v3 --tasks Vidore3HrRetrieval --dataset generated:pages --num_generated_rows 4"
+    argv += " --max_pixels 36864 --no_cache true --batch_size 64"
+    main(*make_parser().parse([*argv.split(), "--model", str(st_model_dir), "--output_dir", str(tmp_path / "o")]))
+    # the task's 36 queries with its instruction and its pages with the document one; the generated pages' 4 queries
+    # with the model's own prompts (empty: none saved)
+    assert (36, "query", V3_INSTRUCTION, "Represent the user's input.") in seen
+    assert (12, "document", V3_INSTRUCTION, "Represent the user's input.") in seen
+    assert (4, "query", "", "") in seen and (20, "document", "", "") in seen
+
+
+def test_leaderboard_pages_are_resized_once_per_budget_on_disk(benchmark_root, tmp_path, st_model_dir, monkeypatch):
+    monkeypatch.setenv("VDR_CACHE", str(tmp_path / "vdr-cache"))  # no pages resized by earlier tests
+    argv = "--benchmark vidore-v3 --tasks Vidore3HrRetrieval --languages english --no_cache true".split()
+    runs = []
+    for output in ("a", "b"):
+        args = make_parser().parse([*argv, "--model", str(st_model_dir), "--output_dir", str(tmp_path / output)])
+        runs.append(main(*args))
+    first, second = (run["models"]["tiny-st"]["stats"]["Vidore3HrRetrieval"] for run in runs)
+    assert (first["page_preprocessings"], second["page_preprocessings"]) == (12, 0)  # the second run read them back
+    assert first["page_encodings"] == second["page_encodings"] == 12  # no embedding cache: both encoded
+    assert runs[0]["records"] == runs[1]["records"]
+    assert len(list((tmp_path / "vdr-cache" / "train-pages").glob("*/*.png"))) == 12
+
+
+def test_rerankers_take_part_like_any_model(benchmark_root, tmp_path, st_model_dir):
+    argv = "--benchmark vidore-v3 --tasks Vidore3HrRetrieval --languages english --reranker generated:tiny-qwen3-vl"
+    argv += " --rerank_top_k 3 --max_pixels 36864"
+    main(*make_parser().parse([*argv.split(), "--model", str(st_model_dir), "--output_dir", str(tmp_path / "o")]))
+    assert "| tiny-st + tiny-qwen3-vl |" in (tmp_path / "o" / "leaderboard.md").read_text()
+    folder = tmp_path / "o" / "mteb_results" / "tiny-st_+_tiny-qwen3-vl" / "no_revision_available"
+    read = TaskResult.from_disk(folder / "Vidore3HrRetrieval.json")
+    assert [entry["hf_subset"] for entry in read.scores["test"]] == ["english"]
+    with pytest.raises(VdrError, match="leaves no task to score"):
+        select_tasks(["vidore-v3"], [], ["klingon"])
