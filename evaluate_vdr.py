@@ -26,9 +26,14 @@ Usage:
     # Every checkpoint of a training run
     python evaluate_vdr.py --model models/Qwen3-VL-Embedding-2B-vdr --all_checkpoints true --dataset ...
 
+    # Against the leaderboard: ViDoRe v3's public tasks, scored as MTEB scores them (table + MTEB result files)
+    python evaluate_vdr.py --benchmark vidore-v3 --model models/Qwen3-VL-Embedding-2B-vdr \
+        --model Qwen/Qwen3-VL-Embedding-2B --torch_dtype bfloat16 --attn_implementation flash_attention_2
+
 Outputs in --output_dir: results.json, results.csv, results.md, ndcg_by_dim.png, ndcg_by_model.png (several
 models), training_<run>.png (base vs finetuned, for training output folders), and the storage-against-quality
-report: storage.csv, ndcg_vs_bytes.png and a table in results.md.
+report: storage.csv, ndcg_vs_bytes.png and a table in results.md. With --benchmark: leaderboard.md (one table per
+benchmark) and mteb_results/ (MTEB's result files).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import gc
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,15 @@ from vdr.data.retrieval_sets import RetrievalData, load_retrieval_data
 from vdr.data.sources import DatasetSpec, check_image_root
 from vdr.errors import VdrError
 from vdr.evaluation.arguments import EvaluateArguments, RerankArguments
+from vdr.evaluation.benchmarks import (
+    BenchmarkData,
+    leaderboard_protocol,
+    load_benchmark_tasks,
+    prompt_groups,
+    protocol_loading,
+    score_by_prompts,
+    select_tasks,
+)
 from vdr.evaluation.bm25 import score_bm25
 from vdr.evaluation.encoding import EncodingSetup, ResizedPageCache
 from vdr.evaluation.maxsim import score_multi_vector_model
@@ -63,6 +78,7 @@ from vdr.evaluation.model_list import (
     read_training_metrics,
     shared_default_dims,
 )
+from vdr.evaluation.mteb_results import LEADERBOARD_FILE, leaderboard_rows, write_mteb_results
 from vdr.evaluation.report import (
     PLOT_FILES,
     clear_earlier_results,
@@ -76,7 +92,7 @@ from vdr.evaluation.retrieve_then_rerank import RerankResults, rerank_models
 from vdr.evaluation.single_vector import score_single_vector_model
 from vdr.evaluation.storage_report import storage_table, write_storage_report
 from vdr.models.embedder import build_model
-from vdr.models.loading import ModelLoadingArguments
+from vdr.models.loading import ModelLoadingArguments, resolve_model_path
 from vdr.models.multi_vector import build_multi_vector_model, keep_only_image_tokens
 from vdr.provenance import library_versions
 
@@ -104,13 +120,16 @@ def main(
     cache = TensorCache(None if args.no_cache else create_folder(cache_dir, "the embedding cache", "--cache_dir"))
     check_image_root(args)
     specs = parse_dataset_specs(args.dataset)
+    selected = select_tasks(args.benchmark, args.tasks, args.languages) if args.benchmark else []
     candidates = expand_models(args.model, args.all_checkpoints)
     rerankers = expand_models(rerank.reranker, flag="--reranker")
     check_rerankers(rerankers)
     shared_dims = shared_default_dims(candidates)
 
-    # 2. Datasets: each loaded (and checked) once, shared by every model
+    # 2. Datasets and leaderboard tasks: each loaded (and checked) once, shared by every model
     datasets = {spec.name: load_dataset(spec, args) for spec in specs}
+    tasks = load_benchmark_tasks(selected)
+    datasets |= {name: task.data for name, task in tasks.items()}
 
     # 3. Score each model: one encoding per dataset, every dimension and precision from it; a failing model does not
     #    stop the rest, and the results so far are written after each model
@@ -118,6 +137,7 @@ def main(
         batch_size=args.batch_size,
         page_cache=ResizedPageCache(args.preprocess_cache_mb << 20),
         cache=cache,
+        presize_dir=default_cache_dir() if tasks else None,  # leaderboard pages: resized once per pixel budget
     )
     scored: dict[str, ModelScores] = {}
     errors: list[str] = []
@@ -125,7 +145,7 @@ def main(
         logger.info("Model %d of %d: %s", number, len(candidates), candidate.name)
         try:
             scored[candidate.name] = score_candidate(
-                candidate, loading, args, shared_dims, datasets, setup, keep_first_stage=bool(rerank.reranker)
+                candidate, loading, args, shared_dims, datasets, setup, bool(rerank.reranker), tasks
             )
         except (VdrError, torch.OutOfMemoryError) as error:
             hint = " Lower --batch_size or --max_pixels." if isinstance(error, torch.OutOfMemoryError) else ""
@@ -144,11 +164,16 @@ def main(
         if reranked.records:
             write_outputs(output_dir, scored, reranked, candidates, specs, loading, args, start)
 
-    # 5. Plots and the summary tables
+    # 5. Plots and the summary tables; the leaderboard tables and MTEB result files of the benchmark tasks
     records, storage = all_records(scored, reranked), all_storage_rows(scored)
     write_plots(output_dir, records, candidates)
     if storage:
         print(storage_table(storage))
+    if tasks and records:
+        board = leaderboard_rows(tasks, scored, reranked)
+        write_mteb_results(output_dir, board, {name: loading.revision for name in board.models()})
+        (output_dir / LEADERBOARD_FILE).write_text(board.tables())
+        print(board.tables())
     if errors:
         num_models = len(candidates) + len(rerank.reranker)
         raise VdrError(failure_message(errors, num_models, output_dir if records else None))
@@ -166,13 +191,21 @@ def score_candidate(
     datasets: dict[str, RetrievalData],
     setup: EncodingSetup,
     keep_first_stage: bool = False,
+    tasks: dict[str, BenchmarkData] | None = None,
 ) -> ModelScores:
     """Load one model as its kind (text baseline, multi-vector or single-vector), score it on every dataset and free
     it before the next model loads. ``keep_first_stage`` keeps a single-vector model's query x page scores for
-    retrieve-then-rerank."""
-    kind = model_kind(candidate)
+    retrieve-then-rerank. On leaderboard ``tasks`` a model is loaded at its family's leaderboard page budget (or
+    ``--pixel_budget training``) and a single-vector model encodes their queries with each task's instruction."""
+    kind, tasks = model_kind(candidate), tasks or {}
     if kind == TEXT:
         return score_bm25(datasets)
+    protocol = None
+    if tasks:  # multi-vector models: MTEB's ColPali-style wrappers set no instruction, so only their own budget
+        budget, family = (args.pixel_budget, None) if kind != MULTI_VECTOR else ("training", MULTI_VECTOR)
+        path = resolve_model_path(candidate.path)
+        protocol = leaderboard_protocol(path, budget, loading.min_pixels, loading.max_pixels, family)
+        loading = protocol_loading(loading, protocol)
     if kind == MULTI_VECTOR:
         model = build_multi_vector_model(candidate.path, loading)
         if args.image_tokens_only:
@@ -181,9 +214,30 @@ def score_candidate(
         model = build_model(candidate.path, loading)
     try:
         if kind == MULTI_VECTOR:
-            return score_multi_vector_model(model, candidate, datasets, setup, loading, args.image_tokens_only)
-        dims = evaluation_dims(model, args.truncate_dims, shared_dims)
-        return score_single_vector_model(model, candidate, datasets, dims, setup, loading, args, keep_first_stage)
+            scores = score_multi_vector_model(
+                model, candidate, datasets, setup, loading, args.image_tokens_only, frozenset(tasks)
+            )
+        else:
+            dims = evaluation_dims(model, args.truncate_dims, shared_dims)
+            scores = score_by_prompts(
+                model,
+                prompt_groups(datasets, tasks, protocol),
+                loading,
+                partial(
+                    score_single_vector_model,
+                    model,
+                    candidate,
+                    dims=dims,
+                    setup=setup,
+                    args=args,
+                    keep_first_stage=keep_first_stage,
+                    keep_scores=frozenset(tasks),
+                ),
+            )
+        if protocol:
+            instructions = {name: protocol.query_instruction(task.selected.task) for name, task in tasks.items()}
+            scores.protocol = {**vars(protocol), "query_instructions": instructions}
+        return scores
     finally:
         del model  # free it before the next model loads
         gc.collect()

@@ -169,6 +169,28 @@ def presize_page_columns(
     return dataset.select_columns(order)  # add_column appends: restore the loss's column order
 
 
+def presize_pages(
+    pages: list[Any], key: tuple, resize: Resize, cache_dir: str | Path | None = None, workers: int | None = None
+) -> tuple[list[Any], PagePresizer]:
+    """Evaluation pages resized as a model's processor would (``page_resizer``'s ``key`` and ``resize``) into the
+    same on-disk page cache as training's pages, several at a time, as ``PageRef`` s to those files; a page that is
+    not a ``PageRef`` (an opened image) is returned as it is. A later model or run with the same processor settings
+    finds the files and resizes nothing."""
+    folder = page_cache_folder(key, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    presizer = PagePresizer(folder, resize)
+
+    def presized(page: Any) -> Any:
+        if not isinstance(page, PageRef):
+            return page
+        return PageRef(path=presizer.page_path({"bytes": page.data, "path": page.path}))
+
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        resized = list(tqdm(pool.map(presized, pages), total=len(pages), desc="Resizing pages", unit="page"))
+    logger.info("Pages: %d resized now, %d found in %s", presizer.resized, presizer.reused, folder)
+    return resized, presizer
+
+
 def replace_column(dataset: Dataset, column: str, values: list[Any]) -> Dataset:
     """``dataset`` with ``column`` holding ``values`` (added before the old one is dropped: a dataset left with no
     column would have no rows to add to)."""

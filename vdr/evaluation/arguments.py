@@ -9,6 +9,8 @@ from vdr.data.sources import SourceArguments
 
 #: Single-vector page storage precisions evaluate_vdr.py scores (vdr/quantization.py).
 STORAGE_PRECISIONS = ("float32", "int8", "binary", "binary_rescored")
+#: Where --benchmark takes each model's page budget from.
+PIXEL_BUDGETS = ("leaderboard", "training")
 
 
 @dataclass
@@ -31,6 +33,38 @@ class EvaluateArguments(SourceArguments):
             "path, name, config, split, layout (rows: query, image, negative_*; beir: corpus / queries / qrels; "
             "or auto), query_column, positive_column, negative_columns (joined by +).",
             "action": RepeatableFlag,
+        },
+    )
+    benchmark: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Leaderboard preset(s) to score on (repeatable): vidore-v1, vidore-v2, vidore-v3. Each expands to "
+            "its public MTEB tasks, scored as the leaderboard scores them (the task's query instruction, the model "
+            "family's pixel budget, MTEB's metrics per language), with a leaderboard table and MTEB result files. "
+            "Combines with --dataset. Datasets come from the Hub, or from $VDR_BENCHMARK_ROOT/<dataset> when set.",
+            "action": RepeatableFlag,
+        },
+    )
+    tasks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Keep only these tasks of the --benchmark presets (MTEB task names, e.g. Vidore3HrRetrieval).",
+            "action": RepeatableFlag,
+        },
+    )
+    languages: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Keep only these language subsets of the --benchmark tasks (e.g. english, fra-Latn).",
+            "action": RepeatableFlag,
+        },
+    )
+    pixel_budget: str = field(
+        default="leaderboard",
+        metadata={
+            "help": "--benchmark page budget: 'leaderboard' (the model family's, as MTEB's model wrapper sets it) or "
+            "'training' (the one the model was trained at: its saved processor). --min_pixels / --max_pixels "
+            "override both. A warning names both budgets whenever a model is scored at another than its own."
         },
     )
     all_checkpoints: bool = field(
@@ -79,8 +113,10 @@ class EvaluateArguments(SourceArguments):
         super().__post_init__()
         if not self.model:
             raise ValueError("give at least one --model")
-        if not self.dataset:
-            raise ValueError("give at least one --dataset")
+        if not self.dataset and not self.benchmark:
+            raise ValueError("give at least one --dataset or --benchmark")
+        if self.pixel_budget not in PIXEL_BUDGETS:
+            raise ValueError(f"--pixel_budget must be one of {', '.join(PIXEL_BUDGETS)}, got {self.pixel_budget!r}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be 1 or more, got {self.batch_size}")
         if self.preprocess_cache_mb < 0:

@@ -118,5 +118,6 @@ def score_bm25(datasets: dict[str, RetrievalData]) -> ModelScores:
         )
         scores.records.append(record)
         scores.storage.append(record)
+        scores.matrices[name] = bm25  # kept for every dataset: a leaderboard table reads those it needs
         scores.stats[name] = {"seconds": time.perf_counter() - start, "text_source": "dataset" if data.texts else "ocr"}
     return scores

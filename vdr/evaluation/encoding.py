@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from sentence_transformers import MultiVectorEncoder, SentenceTransformer
 from tqdm.auto import tqdm
 
 from vdr.cache import TensorCache
-from vdr.data.page_images import Resize, page_resizer, pixel_count
+from vdr.data.page_images import Resize, open_page, page_resizer, pixel_count, presize_pages
 from vdr.data.retrieval_sets import RetrievalData, dataset_fingerprint
 from vdr.models.embedder import full_dimension
 from vdr.models.loading import ModelLoadingArguments, model_fingerprint, resolve_model_path
@@ -44,15 +45,18 @@ class ResizedPageCache:
         self.kept_bytes = 0
         self._kept: dict[tuple, Image.Image] = {}
 
-    def resized(self, key: tuple, page: Any, resize: Resize, stats: EncodingStats) -> Image.Image:
-        """``page`` resized by ``resize``; ``key`` names the page and the resize settings."""
+    def resized(
+        self, key: tuple, page: Any, resize: Resize, stats: EncodingStats, presized: bool = False
+    ) -> Image.Image:
+        """``page`` resized by ``resize``; ``key`` names the page and the resize settings. A ``presized`` page is
+        only decoded (it is not counted as a preprocessing)."""
         kept = self._kept.get(key)
         if kept is not None:
             return kept
         start = time.perf_counter()
         resized = resize(page)
         stats.preprocess_seconds += time.perf_counter() - start
-        stats.page_preprocessings += 1
+        stats.page_preprocessings += not presized
         size = resized.width * resized.height * len(resized.getbands())
         if self.kept_bytes + size <= self.budget_bytes:
             self._kept[key] = resized
@@ -67,6 +71,9 @@ class EncodingSetup:
     batch_size: int
     page_cache: ResizedPageCache
     cache: TensorCache
+    #: Where pages are also kept resized on disk, once per processor setting (``page_images.presize_pages``): the
+    #: leaderboard's large pages are then decoded and resized once, for every later model and run. None: in memory.
+    presize_dir: Path | None = None
     _dataset_keys: dict[str, str] = field(default_factory=dict)
 
     def dataset_key(self, name: str, data: RetrievalData) -> str:
@@ -123,7 +130,9 @@ def embed_dataset(
         if part == "queries":
             embeddings[part] = encode_queries(model, inputs, setup.batch_size)
         else:
-            embeddings[part] = encode_pages(model, inputs, setup.batch_size, setup.page_cache, name, stats)
+            embeddings[part] = encode_pages(
+                model, inputs, setup.batch_size, setup.page_cache, name, stats, presize_dir=setup.presize_dir
+            )
         setup.cache.save(key, _pack(embeddings[part]))
     return Embeddings(embeddings["queries"], embeddings["corpus"], stats)
 
@@ -191,17 +200,26 @@ def encode_pages(
     dataset_name: str,
     stats: EncodingStats,
     show_progress_bar: bool = True,
+    presize_dir: Path | None = None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Pages at full dimension (as ``encode_batch``), in the pages' order, encoded largest first so batches pad
     little. Pages are decoded and resized one batch at a time (or taken from the resized pages another model left
-    in ``page_cache``), so full-size pages are never all in memory at once."""
+    in ``page_cache``), so full-size pages are never all in memory at once. With ``presize_dir`` they are first
+    resized into that on-disk page cache (or found there), several at a time, and read back from it."""
     key, resize = page_resizer(model)
-    order = sorted(range(len(pages)), key=lambda i: -pixel_count(pages[i]))
+    order = sorted(range(len(pages)), key=lambda i: -pixel_count(pages[i]))  # by the original pages' sizes
+    presized = presize_dir is not None and key != ("as-is",)
+    if presized:
+        started = time.perf_counter()
+        pages, presizer = presize_pages(pages, key, resize, presize_dir)
+        stats.preprocess_seconds += time.perf_counter() - started
+        stats.page_preprocessings += presizer.resized
+        resize = open_page  # already at the processor's size: its own resize leaves them as they are
     encoded_pages: list[torch.Tensor | None] = [None] * len(pages)
     with tqdm(total=len(pages), desc="Encoding pages", unit="page", disable=not show_progress_bar) as progress:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            batch = [page_cache.resized((dataset_name, *key, i), pages[i], resize, stats) for i in indices]
+            batch = [page_cache.resized((dataset_name, *key, i), pages[i], resize, stats, presized) for i in indices]
             started = time.perf_counter()
             encoded = encode_batch(model, batch, "document", batch_size)
             stats.encode_seconds += time.perf_counter() - started

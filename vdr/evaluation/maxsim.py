@@ -65,8 +65,10 @@ def score_multi_vector_model(
     setup: EncodingSetup,
     loading: ModelLoadingArguments,
     image_tokens_only: bool,
+    keep_scores: frozenset[str] = frozenset(),
 ) -> ModelScores:
-    """Main records (float32 only) and storage rows (every precision) of a multi-vector model on every dataset."""
+    """Main records (float32 only) and storage rows (every precision) of a multi-vector model on every dataset, and
+    the query x page scores of those in ``keep_scores`` (for the leaderboard tables)."""
     fingerprint, model_key = setup.model_key(candidate.path, loading, image_tokens_only=image_tokens_only)
     scores = ModelScores(fingerprint=fingerprint)
     for name, data in datasets.items():
@@ -76,5 +78,7 @@ def score_multi_vector_model(
         scores.records.append(by_precision[0])
         scores.storage += by_precision
         scores.dims = [token_dimension(embeddings)]
+        if name in keep_scores:
+            scores.matrices[name] = maxsim_scores(embeddings.queries, embeddings.corpus)
         scores.stats[name] = {**embeddings.stats.as_dict(), "seconds": time.perf_counter() - start}
     return scores

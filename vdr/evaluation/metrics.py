@@ -261,7 +261,75 @@ class ModelScores:
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per dataset: encodings, cache hits, seconds
     notes: list[str] = field(default_factory=list)  # e.g. a dataset BM25 had to skip
     first_stage: dict[str, torch.Tensor] = field(default_factory=dict)  # per dataset, at the largest dim
+    #: Per leaderboard task: the query x page scores (at the largest dim) its MTEB figures come from.
+    matrices: dict[str, torch.Tensor] = field(default_factory=dict)
+    protocol: dict[str, Any] | None = None  # the leaderboard protocol it was scored at (--benchmark)
 
     def summary(self, path: str) -> dict[str, Any]:
         """The model's entry in results.json."""
-        return {"path": path, "dims": self.dims, "fingerprint": self.fingerprint, "stats": self.stats}
+        summary = {"path": path, "dims": self.dims, "fingerprint": self.fingerprint, "stats": self.stats}
+        return summary | ({"protocol": self.protocol} if self.protocol else {})
+
+    def extend(self, other: ModelScores) -> None:
+        """Add another part of the same model's scores (other datasets, scored with other prompts)."""
+        self.records += other.records
+        self.storage += other.storage
+        self.notes += other.notes
+        self.dims = self.dims or other.dims
+        self.fingerprint = self.fingerprint or other.fingerprint
+        for mine, theirs in ((self.stats, other.stats), (self.first_stage, other.first_stage)):
+            mine.update(theirs)
+        self.matrices.update(other.matrices)
+
+
+#: The k values MTEB's retrieval tasks report (``AbsTaskRetrieval.k_values``).
+MTEB_K_VALUES = (1, 3, 5, 10, 20, 100, 1000)
+
+
+def mteb_retrieval_scores(
+    scores: torch.Tensor, data: RetrievalData, query_ids: Sequence[Any], k_values: Sequence[int] = MTEB_K_VALUES
+) -> dict[str, float]:
+    """The figures of an MTEB retrieval result (``ndcg_at_10``, ``map_at_5``, ``recall_at_1``, ``accuracy``,
+    ``precision_at_k``, ``mrr_at_k``, ``hit_rate_at_k``) for ``query_ids``, computed as mteb's
+    ``calculate_retrieval_scores`` does: each query's top max(k) pages by score, trec_eval's measures through
+    ``pytrec_eval`` (graded NDCG, ties broken by page id), means over the queries rounded to 5 decimals, MRR with
+    ties broken by page id descending (not rounded). A test checks every figure against mteb's own code.
+
+    ``scores``: ``[len(data.queries), len(data.corpus)]``, rows and columns in ``data`` order."""
+    import pytrec_eval
+
+    rows = {qid: row for row, qid in enumerate(data.queries)}
+    corpus_ids = list(data.corpus)
+    top = min(max(k_values), scores.shape[1])
+    run = {}
+    for qid in query_ids:
+        values, pages = scores[rows[qid]].float().topk(top)
+        run[str(qid)] = {str(corpus_ids[page]): value for value, page in zip(values.tolist(), pages.tolist())}
+    qrels = {str(qid): {str(cid): int(grade) for cid, grade in data.qrels[qid].items()} for qid in query_ids}
+    cutoffs = ",".join(map(str, k_values))
+    measures = {f"{measure}.{cutoffs}" for measure in ("map_cut", "ndcg_cut", "recall", "P", "success")}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+
+    def mean(measure: str, k: int) -> float:
+        return round(fmean(values[f"{measure}_{k}"] for values in per_query.values()), 5)
+
+    result = {f"ndcg_at_{k}": mean("ndcg_cut", k) for k in k_values}
+    result |= {f"map_at_{k}": mean("map_cut", k) for k in k_values}
+    result |= {f"recall_at_{k}": mean("recall", k) for k in k_values}
+    result["accuracy"] = result[f"recall_at_{min(k_values)}"]
+    result |= {f"precision_at_{k}": mean("P", k) for k in k_values}
+    result |= {f"mrr_at_{k}": value for k, value in _mteb_mrr(run, qrels, k_values).items()}
+    result |= {f"hit_rate_at_{k}": mean("success", k) for k in k_values}
+    return result
+
+
+def _mteb_mrr(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], k_values: Sequence[int]) -> dict:
+    """Mean reciprocal rank of the first relevant page in the top k, ranked by (score, page id) descending."""
+    reciprocal_ranks: dict[int, list[float]] = {k: [] for k in k_values}
+    for qid, pages in run.items():
+        ranked = [page for page, _ in sorted(pages.items(), key=lambda item: (item[1], item[0]), reverse=True)]
+        relevant = {page for page, grade in qrels[qid].items() if grade > 0}
+        first = next((rank for rank, page in enumerate(ranked, start=1) if page in relevant), None)
+        for k in k_values:
+            reciprocal_ranks[k].append(1.0 / first if first is not None and first <= k else 0.0)
+    return {k: sum(values) / len(values) for k, values in reciprocal_ranks.items()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ DPI = 120
 RESULT_FILES = {"json": "results.json", "csv": "results.csv", "markdown": "results.md"}
 PLOT_FILES = {"by_dim": "ndcg_by_dim.png", "by_model": "ndcg_by_model.png", "training": "training_{run}.png"}
 STORAGE_FILES = {"csv": "storage.csv", "plot": "ndcg_vs_bytes.png"}
+#: What a --benchmark run adds (vdr.evaluation.mteb_results): the leaderboard tables and MTEB's result files.
+LEADERBOARD_FILE, MTEB_RESULTS_DIR = "leaderboard.md", "mteb_results"
+BENCHMARK_OUTPUTS = [LEADERBOARD_FILE, MTEB_RESULTS_DIR]
 CSV_LEADING_COLUMNS = ("model", "dataset", "dim", "num_queries", "num_documents")
 # Metric families in the order readers expect them; anything else follows alphabetically.
 _FAMILY_ORDER = ("ndcg", "mrr", "map", "recall")
@@ -343,6 +347,7 @@ def plot_training_metrics(metrics: dict, path: str | Path, title: str | None = N
 def earlier_results(output_dir: Path) -> list[Path]:
     """The files an earlier evaluate_vdr.py run left in ``output_dir`` (results, storage report, plots)."""
     names = [*RESULT_FILES.values(), *STORAGE_FILES.values(), PLOT_FILES["by_dim"], PLOT_FILES["by_model"]]
+    names += BENCHMARK_OUTPUTS
     found = [output_dir / name for name in names if (output_dir / name).exists()]
     return found + sorted(output_dir.glob(PLOT_FILES["training"].format(run="*")))
 
@@ -360,4 +365,4 @@ def clear_earlier_results(output_dir: Path, overwrite: bool) -> None:
             "--output_dir, or pass --overwrite_output_dir true to replace them."
         )
     for path in earlier:
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -101,6 +101,8 @@ class RerankResults:
     records: list[dict[str, Any]] = field(default_factory=list)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # "model + reranker" -> its settings and cost
     errors: list[str] = field(default_factory=list)
+    #: "model + reranker" -> dataset -> the reranked query x page scores (for the leaderboard tables)
+    matrices: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def rerank_models(
@@ -125,6 +127,7 @@ def rerank_models(
                 for model, record in pairs.records.items():
                     reranked_name = f"{model} + {candidate.name}"
                     results.records.append({**record, "model": reranked_name})
+                    results.matrices.setdefault(reranked_name, {})[name] = pairs.matrices[model]
                     entry = results.models.setdefault(
                         reranked_name,
                         {
@@ -159,6 +162,7 @@ class RerankedDataset:
 
     records: dict[str, dict[str, Any]]
     stats: dict[str, Any]
+    matrices: dict[str, torch.Tensor]  # per model: its reranked query x page scores
 
 
 def _rerank_dataset(
@@ -189,10 +193,11 @@ def _rerank_dataset(
         + (f" = {throughput:.1f} pairs/s" if throughput else "")
         + f"; {len(wanted) - len(todo)} from the cache"
     )
-    records = {}
+    records, matrices = {}, {}
     for model, candidates in shortlists.items():
         candidate_scores = torch.tensor([[known[(q, p)] for p in row] for q, row in enumerate(candidates.tolist())])
-        values = reranked_metrics(first_stages[model].first_stage[name], candidates, candidate_scores, data)
+        matrices[model] = reranked_scores(first_stages[model].first_stage[name], candidates, candidate_scores)
+        values = score_matrix_metrics(matrices[model], data)
         records[model] = result_record(model, name, max(first_stages[model].dims), data, values)
     stats = {
         "pairs_scored": len(todo),
@@ -200,7 +205,7 @@ def _rerank_dataset(
         "seconds": seconds,
         "pairs_per_second": throughput,
     }
-    return RerankedDataset(records, stats)
+    return RerankedDataset(records, stats, matrices)
 
 
 def _pair_table(scores: dict[tuple[int, int], float]) -> torch.Tensor:

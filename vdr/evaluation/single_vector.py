@@ -25,9 +25,11 @@ def score_single_vector_model(
     loading: ModelLoadingArguments,
     args: EvaluateArguments,
     keep_first_stage: bool = False,
+    keep_scores: frozenset[str] = frozenset(),
 ) -> ModelScores:
     """Records (one per dataset x dim), storage rows (each dim x ``args.precisions``) and, with
-    ``keep_first_stage``, each dataset's query x page scores at the largest dim (for retrieve-then-rerank)."""
+    ``keep_first_stage``, each dataset's query x page scores at the largest dim (for retrieve-then-rerank); those of
+    the datasets in ``keep_scores`` are kept in ``matrices`` (for the leaderboard tables)."""
     fingerprint, model_key = setup.model_key(candidate.path, loading)
     scores = ModelScores(dims=dims, fingerprint=fingerprint)
     for name, data in datasets.items():
@@ -45,9 +47,13 @@ def score_single_vector_model(
             args.precisions,
             args.rescore_multiplier,
         )
-        if keep_first_stage:
+        if keep_first_stage or name in keep_scores:
             top = max(dims)
             queries, pages = embeddings.queries[:, :top], embeddings.corpus[:, :top]
-            scores.first_stage[name] = model.similarity(queries, pages).float().cpu()
+            matrix = model.similarity(queries, pages).float().cpu()
+            if keep_first_stage:
+                scores.first_stage[name] = matrix
+            if name in keep_scores:
+                scores.matrices[name] = matrix
         scores.stats[name] = {**embeddings.stats.as_dict(), "seconds": time.perf_counter() - start}
     return scores
